@@ -1,0 +1,67 @@
+"""Runs (or resumes) an architecture search.
+
+  python experiments/search.py --config experiments/configs/cnn_digits.py --workdir /tmp/nas
+
+Override any field from the command line, e.g. ``--config.search.searcher=random`` or
+``--config.child.epochs=10``; use ``--config=experiments/configs/cnn_digits.py:quick`` for a CPU-sized
+run. Rerunning the same command resumes from the last checkpoint in the workdir.
+"""
+
+import logging as logging_std
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (history, checkpoints).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", os.path.expanduser("~/.cache/nas_jax/jax_cache"),
+    "JAX persistent compilation cache (compiled children are reused across runs); '' disables.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax (several lines per checkpoint); warnings still pass."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # pylint: disable=g-import-not-at-top
+  if _CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  from nas_jax import config as config_lib, data, search  # pylint: disable=g-import-not-at-top
+  try:
+    result = search.run_search(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, search.WorkdirMismatchError, data.DataUnavailableError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  best = result.best
+  if best:
+    logging.info("best of %d architectures: reward %.4f val_acc %.4f params %d | %s",
+                 result.num_evaluated, best["reward"], best["val_accuracy"], best["param_count"],
+                 best["description"])
+
+
+def _parse_flags(argv):
+  """absl's parser, with one-line errors for bad --config overrides."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
+    msg = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").strip("'\"").lstrip("'")
+    sys.exit(f"error: a --config override names no config field: {msg}")
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,203 @@
+"""The search loop: propose -> decode -> train children -> feedback, with history and resume.
+
+One controller step samples m architectures, trains each child, and feeds the rewards back to the
+searcher. Everything a run produces lives in its workdir:
+
+* ``config.json``: the config the workdir belongs to (a different one is refused);
+* ``history.jsonl``: one line per evaluated architecture (written as soon as it is evaluated);
+* ``checkpoints/``: orbax checkpoints of the searcher state after each controller step;
+* ``summary.json``: the best architecture so far and its reward.
+
+Randomness comes from one root key split into named streams, with per-step keys from
+``fold_in``, so a run killed at any moment and restarted continues from its last checkpoint and
+writes the same history as an uninterrupted run (same architectures, same rewards). Children of the
+interrupted step that were already evaluated are taken from the history instead of retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from nas_jax import child, config as config_lib, data as data_lib, searchers
+from nas_jax.search_spaces import base
+
+
+class WorkdirMismatchError(RuntimeError):
+  """The workdir holds a run with a different config."""
+
+
+@dataclasses.dataclass
+class SearchResult:
+  best: dict[str, Any] | None
+  num_evaluated: int
+  workdir: str
+
+
+def _read_history(path: str) -> list[dict]:
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          break  # a line cut short by a kill: it and anything after are dropped
+  return rows
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _check_workdir_config(workdir: str, cfg_json: dict) -> None:
+  """Refuses a workdir that belongs to another config; records the config in a new one."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diffs = sorted(k for k in set(old) | set(cfg_json)
+                   if k not in config_lib.RESUMABLE_CHANGES and old.get(k) != cfg_json.get(k))
+    if diffs:
+      shown = "; ".join(f"config.{k}: workdir has {old.get(k)!r}, now {cfg_json.get(k)!r}"
+                        for k in diffs[:3])
+      raise WorkdirMismatchError(
+          f"workdir {workdir} holds a search with a different config ({shown}"
+          f"{'; ...' if len(diffs) > 3 else ''}); use a new --workdir or the same config")
+  elif os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise WorkdirMismatchError(f"workdir {workdir} has checkpoints but no config.json; "
+                               "use a new --workdir")
+  else:
+    _write_atomic(path, json.dumps(cfg_json, indent=1, sort_keys=True))
+
+
+def best_row(rows: list[dict]) -> dict | None:
+  ok = [r for r in rows if not r["failed"]]
+  return max(ok, key=lambda r: r["reward"]) if ok else None
+
+
+def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
+               dataset: data_lib.Dataset | None = None,
+               evaluate_fn: Callable[..., child.ChildResult] | None = None) -> SearchResult:
+  """Runs (or resumes) a search in ``workdir``.
+
+  Args:
+    cfg: a config from ``nas_jax.config.default_config()`` or an experiment file.
+    workdir: output directory; a previous run of the same config there is resumed.
+    space: a search space object; defaults to the one ``cfg.search_space`` names.
+    dataset: the data; defaults to ``cfg.data``.
+    evaluate_fn: ``(space, arch, dataset, key) -> ChildResult``; defaults to training the child
+      with ``cfg.child`` (replace it to test searchers with a fake reward).
+
+  Returns:
+    A :class:`SearchResult` with the best history row.
+  """
+  config_lib.validate(cfg)
+  space = space or config_lib.search_space(cfg)
+  searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
+  train_cfg = config_lib.train_config(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  cfg_json = config_lib.flatten(cfg)
+  cfg_json["search_space.class"] = type(space).__name__
+  _check_workdir_config(workdir, cfg_json)
+  if dataset is None:
+    dataset = data_lib.load_dataset(
+        cfg.data.name, cfg.data.data_dir or None, num_validation=cfg.data.num_validation or None,
+        max_train=cfg.data.max_train or None, seed=cfg.seed)
+  if evaluate_fn is None:
+    def evaluate_fn(space, arch, dataset, key):
+      log_fn = logging.info if cfg.search.verbose else None
+      return child.evaluate(space.build(arch, dataset.num_classes), dataset, train_cfg, key,
+                            log_fn=log_fn)
+
+  root = jax.random.key(cfg.seed)
+  init_key, propose_key, child_key = (jax.random.fold_in(root, i) for i in range(3))
+  decisions = space.decisions
+  m = cfg.search.children_per_step
+
+  # Restore the searcher state, or start a new one.
+  manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
+                                           enable_async_checkpointing=False))
+  state = searcher.init(init_key, decisions)
+  start = manager.latest_step() or 0
+  if start:
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state)))
+    state = restored.state
+    logging.info("resumed from checkpoint at controller step %d", start)
+
+  # History: keep rows of finished steps; rows of the interrupted step are reused if they match.
+  history_path = os.path.join(workdir, "history.jsonl")
+  rows = _read_history(history_path)
+  kept = [r for r in rows if r["step"] < start]
+  pending = {r["index"]: r for r in rows if r["step"] == start}
+  _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept))
+  history = open(history_path, "a")
+
+  num_steps = cfg.search.num_steps
+  t_start, done_here = time.time(), 0
+  try:
+    for step in range(start, num_steps):
+      num_layers = space.num_layers(step * m)
+      plan = space.plan(num_layers)
+      t0 = time.time()
+      tokens, info = searcher.propose(state, jax.random.fold_in(propose_key, step), plan,
+                                      decisions, m)
+      t_controller = time.time() - t0
+      rewards = np.zeros(m, np.float32)
+      for k in range(m):
+        arch = space.decode(plan, tokens[k])
+        old = pending.pop(k, None) if step == start else None
+        if old is not None and old["tokens"] == tokens[k].tolist():
+          row = old
+        else:
+          res = evaluate_fn(space, arch, dataset, jax.random.fold_in(child_key, step * m + k))
+          row = {"step": step, "index": k, "num_layers": num_layers,
+                 "tokens": tokens[k].tolist(), "arch": base.to_json(arch),
+                 "description": space.describe(arch), "reward": res.reward,
+                 "val_accuracy": res.val_accuracy, "val_accuracies": list(res.val_accuracies),
+                 "param_count": res.param_count, "seconds": round(res.seconds, 3),
+                 "failed": res.failed, "error": res.error}
+          done_here += 1
+          if res.failed:
+            logging.warning("child %d.%d failed: %s", step, k, res.error.splitlines()[0])
+        history.write(json.dumps(row) + "\n")
+        history.flush()
+        kept.append(row)
+        rewards[k] = row["reward"]
+      os.fsync(history.fileno())
+      t0 = time.time()
+      state, metrics = searcher.feedback(state, tokens, rewards, plan, decisions)
+      t_controller += time.time() - t0
+      manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+      best = best_row(kept)
+      _write_atomic(os.path.join(workdir, "summary.json"), json.dumps(
+          {"best": best, "num_evaluated": len(kept), "controller_steps": step + 1}, indent=1))
+      elapsed = time.time() - t_start
+      rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
+      eta = (num_steps - step - 1) * m / (rate / 60) if rate else float("nan")
+      logging.info(
+          "step %d/%d | layers %d | reward mean %.4f max %.4f | baseline %.4f | entropy %.2f | "
+          "loss %.4f | best %.4f | %.1f children/min | controller %.0f ms | eta %.0fs",
+          step + 1, num_steps, num_layers, rewards.mean(), rewards.max(),
+          metrics.get("baseline", float("nan")), info["entropy"], metrics.get("loss", float("nan")),
+          best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
+  finally:
+    history.close()
+    manager.close()
+  return SearchResult(best_row(kept), len(kept), workdir)

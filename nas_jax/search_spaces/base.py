@@ -1,0 +1,113 @@
+"""The search-space interface: a value that names the decisions, plus pure functions.
+
+A search space tells the controller *what to emit* and the child trainer *what to build*:
+
+* ``decisions``: the decision types, each a softmax head of the controller
+  (e.g. filter height with 4 choices). Controller parameters depend only on these.
+* ``plan(num_layers)``: the token program for one architecture at a given depth: a tuple of
+  :class:`Step` s, each a categorical choice or an *anchor point* (the paper's skip-connection
+  step, which emits one Bernoulli per previous anchor).
+* ``num_layers(num_sampled)``: the depth schedule (how many layers after ``num_sampled``
+  architectures have been sampled).
+* ``decode(plan, tokens_T)``: flat tokens -> a hashable, JSON-friendly architecture spec.
+* ``build(arch, num_classes)``: a Flax module for the child; ``init``/``apply`` are the module's.
+
+The search loop sees nothing else, so a new space is one new module (see ``tests/toy_space.py``).
+
+Token layout (``tokens_T``, int32): the plan's steps in order; a choice step contributes one token
+(its choice index), an anchor step at layer ``i`` contributes ``i`` bits (is layer ``j < i`` an
+input of layer ``i``?).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Hashable, NamedTuple, Sequence
+
+import numpy as np
+
+
+class Decision(NamedTuple):
+  """A decision type: one softmax head of the controller."""
+  name: str
+  num_choices: int
+
+
+class Step(NamedTuple):
+  """One controller step. ``kind`` is "choice" (uses ``decision``) or "anchor" (uses ``layer``)."""
+  kind: str
+  decision: int = -1
+  layer: int = -1
+
+
+CHOICE = "choice"
+ANCHOR = "anchor"
+
+
+def choice(decision: int) -> Step:
+  return Step(CHOICE, decision=decision)
+
+
+def anchor(layer: int) -> Step:
+  return Step(ANCHOR, layer=layer)
+
+
+def num_tokens(plan: Sequence[Step]) -> int:
+  """Length of the flat token vector of ``plan``."""
+  return sum(1 if s.kind == CHOICE else s.layer for s in plan)
+
+
+def split_tokens(plan: Sequence[Step], tokens_T) -> list[Any]:
+  """Flat tokens -> one entry per step: an int for a choice, a tuple of bits for an anchor."""
+  tokens_T = np.asarray(tokens_T)
+  if tokens_T.shape != (num_tokens(plan),):
+    raise ValueError(f"tokens have shape {tokens_T.shape}, the plan needs ({num_tokens(plan)},)")
+  out, pos = [], 0
+  for s in plan:
+    if s.kind == CHOICE:
+      out.append(int(tokens_T[pos]))
+      pos += 1
+    else:
+      out.append(tuple(int(b) for b in tokens_T[pos:pos + s.layer]))
+      pos += s.layer
+  return out
+
+
+class SearchSpace:
+  """Base class of search spaces; subclasses are frozen dataclasses (hashable values)."""
+
+  name: str = "base"
+
+  @property
+  def decisions(self) -> tuple[Decision, ...]:
+    raise NotImplementedError
+
+  def num_layers(self, num_sampled: int) -> int:
+    raise NotImplementedError
+
+  def plan(self, num_layers: int) -> tuple[Step, ...]:
+    raise NotImplementedError
+
+  def decode(self, plan: Sequence[Step], tokens_T) -> Hashable:
+    raise NotImplementedError
+
+  def build(self, arch: Hashable, num_classes: int):
+    raise NotImplementedError
+
+  def describe(self, arch: Hashable) -> str:
+    """A one-line human-readable form of ``arch`` (for logs)."""
+    return json.dumps(to_json(arch))
+
+
+def to_json(arch: Any) -> Any:
+  """Architecture spec (nested NamedTuples / tuples / dataclasses) -> JSON-serialisable object."""
+  if hasattr(arch, "_asdict"):
+    return {k: to_json(v) for k, v in arch._asdict().items()}
+  if dataclasses.is_dataclass(arch) and not isinstance(arch, type):
+    return {f.name: to_json(getattr(arch, f.name)) for f in dataclasses.fields(arch)}
+  if isinstance(arch, (tuple, list)):
+    return [to_json(a) for a in arch]
+  if isinstance(arch, np.generic):
+    return arch.item()
+  return arch

@@ -1,0 +1,151 @@
+"""The CNN search space of Zoph & Le (2017), Section 3.1-3.3 and 4.1.
+
+Per layer the controller emits: filter height, filter width, [stride height, stride width],
+number of filters, then the layer's anchor point (one sigmoid per previous layer: is it an input?).
+Every layer is conv -> batch norm -> ReLU; inputs from several layers are concatenated on depth.
+
+The paper's three rules that make every token sequence a valid network:
+  1. a layer with no input layer takes the image;
+  2. every layer output that no other layer consumes is concatenated and sent to the classifier;
+  3. inputs of different spatial sizes are zero-padded (bottom/right) to the largest before
+     concatenation.
+The classifier (not specified in the paper) is global average pooling + a dense softmax layer.
+
+Depth follows the paper's schedule: ``start_layers`` (6) and ``layers_increment`` (2) more every
+``increment_every`` (1,600) sampled architectures, up to ``max_layers`` (0 = no cap).
+The v3 variant (filters [6,12,24,36], each predicted layer a block of 3 convs, fixed max-pooling
+layers) is a choice of fields: ``num_filters``, ``convs_per_layer``, ``pool_after_layers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from nas_jax.search_spaces import base
+
+
+class Layer(NamedTuple):
+  filter_height: int
+  filter_width: int
+  stride_height: int
+  stride_width: int
+  num_filters: int
+  inputs: tuple[int, ...]   # indices of earlier layers; () = the image (rule 1)
+
+
+class CNNArch(NamedTuple):
+  layers: tuple[Layer, ...]
+  convs_per_layer: int = 1
+  pool_after_layers: tuple[int, ...] = ()
+
+  def unconsumed(self) -> tuple[int, ...]:
+    """Layers whose output no later layer consumes: they feed the classifier (rule 2)."""
+    used = {j for layer in self.layers for j in layer.inputs}
+    return tuple(i for i in range(len(self.layers)) if i not in used)
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSpace(base.SearchSpace):
+  """The CNN search space; every field is a config field (``config.search_space``)."""
+  filter_heights: tuple[int, ...] = (1, 3, 5, 7)
+  filter_widths: tuple[int, ...] = (1, 3, 5, 7)
+  num_filters: tuple[int, ...] = (24, 36, 48, 64)
+  strides: tuple[int, ...] = (1, 2, 3)
+  predict_strides: bool = False
+  skip_connections: bool = True
+  start_layers: int = 6
+  layers_increment: int = 2
+  increment_every: int = 1600
+  max_layers: int = 0
+  convs_per_layer: int = 1
+  pool_after_layers: tuple[int, ...] = ()
+  name: str = "cnn"
+
+  @property
+  def decisions(self) -> tuple[base.Decision, ...]:
+    d = [base.Decision("filter_height", len(self.filter_heights)),
+         base.Decision("filter_width", len(self.filter_widths))]
+    if self.predict_strides:
+      d += [base.Decision("stride_height", len(self.strides)),
+            base.Decision("stride_width", len(self.strides))]
+    d.append(base.Decision("num_filters", len(self.num_filters)))
+    return tuple(d)
+
+  def num_layers(self, num_sampled: int) -> int:
+    n = self.start_layers + self.layers_increment * (num_sampled // self.increment_every)
+    return min(n, self.max_layers) if self.max_layers else n
+
+  def plan(self, num_layers: int) -> tuple[base.Step, ...]:
+    steps = []
+    for i in range(num_layers):
+      steps += [base.choice(d) for d in range(len(self.decisions))]
+      if self.skip_connections:
+        steps.append(base.anchor(i))
+    return tuple(steps)
+
+  def decode(self, plan: Sequence[base.Step], tokens_T) -> CNNArch:
+    values = base.split_tokens(plan, tokens_T)
+    per_layer = len(self.decisions) + int(self.skip_connections)
+    layers = []
+    for i in range(0, len(values), per_layer):
+      v = values[i:i + per_layer]
+      fh, fw = self.filter_heights[v[0]], self.filter_widths[v[1]]
+      sh, sw = (self.strides[v[2]], self.strides[v[3]]) if self.predict_strides else (1, 1)
+      nf = self.num_filters[v[len(self.decisions) - 1]]
+      idx = len(layers)
+      if self.skip_connections:
+        inputs = tuple(j for j, b in enumerate(v[-1]) if b)
+      else:
+        inputs = (idx - 1,) if idx else ()
+      layers.append(Layer(fh, fw, sh, sw, nf, inputs))
+    return CNNArch(tuple(layers), self.convs_per_layer, tuple(self.pool_after_layers))
+
+  def build(self, arch: CNNArch, num_classes: int) -> nn.Module:
+    return CNNChild(arch=arch, num_classes=num_classes)
+
+  def describe(self, arch: CNNArch) -> str:
+    parts = []
+    for i, l in enumerate(arch.layers):
+      src = ",".join(map(str, l.inputs)) if l.inputs else "img"
+      stride = f"/s{l.stride_height}x{l.stride_width}" if (l.stride_height, l.stride_width) != (1, 1) else ""
+      pool = "+pool" if i in arch.pool_after_layers else ""
+      parts.append(f"{i}:{l.filter_height}x{l.filter_width}x{l.num_filters}{stride}{pool}<{src}")
+    return " ".join(parts)
+
+
+def concat_padded(xs: Sequence[jnp.ndarray]) -> jnp.ndarray:
+  """Concatenates NHWC tensors on depth, zero-padding smaller ones bottom/right (rule 3)."""
+  if len(xs) == 1:
+    return xs[0]
+  h = max(x.shape[1] for x in xs)
+  w = max(x.shape[2] for x in xs)
+  padded = [jnp.pad(x, ((0, 0), (0, h - x.shape[1]), (0, w - x.shape[2]), (0, 0))) for x in xs]
+  return jnp.concatenate(padded, axis=-1)
+
+
+class CNNChild(nn.Module):
+  """A child network built from a decoded :class:`CNNArch`."""
+  arch: CNNArch
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, train: bool = False):
+    outputs = []
+    for i, layer in enumerate(self.arch.layers):
+      h = concat_padded([outputs[j] for j in layer.inputs] if layer.inputs else [x_BxHxWxC])
+      for c in range(self.arch.convs_per_layer):
+        strides = (layer.stride_height, layer.stride_width) if c == 0 else (1, 1)
+        h = nn.Conv(layer.num_filters, (layer.filter_height, layer.filter_width), strides,
+                    padding="SAME", use_bias=False)(h)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        h = nn.relu(h)
+      if i in self.arch.pool_after_layers:
+        h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+      outputs.append(h)
+    h = concat_padded([outputs[i] for i in self.arch.unconsumed()])
+    h = jnp.mean(h, axis=(1, 2))
+    return nn.Dense(self.num_classes)(h)

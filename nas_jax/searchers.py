@@ -1,0 +1,80 @@
+"""Searchers: what proposes architectures and learns from their rewards.
+
+Both searchers share one interface, so the paper's random-search comparison is one config field
+(``config.search.searcher``):
+
+* ``init(key, decisions) -> state`` (a pytree; checkpointed as is),
+* ``propose(state, key, plan, decisions, m) -> (tokens_MxT, info)``,
+* ``feedback(state, tokens_MxT, rewards_M, plan, decisions) -> (state, metrics)``.
+
+``ReinforceSearcher`` is the LSTM controller trained by REINFORCE; ``RandomSearcher`` draws every
+choice uniformly and every skip connection with probability 1/2, and learns nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nas_jax import controller, reinforce
+from nas_jax.search_spaces.base import CHOICE
+
+
+@dataclasses.dataclass(frozen=True)
+class ReinforceSearcher:
+  cfg: reinforce.ReinforceConfig = reinforce.ReinforceConfig()
+  name: str = "reinforce"
+
+  def init(self, key, decisions):
+    return reinforce.init_state(key, decisions, self.cfg)
+
+  def propose(self, state, key, plan, decisions, m):
+    tokens, logp, ent = controller.sample(state.params, key, plan=plan, decisions=decisions,
+                                          cfg=self.cfg.controller, m=m)
+    return np.asarray(tokens), {"entropy": float(jnp.mean(ent)), "log_prob": float(jnp.mean(logp))}
+
+  def feedback(self, state, tokens, rewards, plan, decisions):
+    state, metrics = reinforce.update(state, jnp.asarray(tokens), jnp.asarray(rewards, jnp.float32),
+                                      plan=plan, decisions=decisions, cfg=self.cfg)
+    return state, {k: float(v) for k, v in metrics.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSearcher:
+  name: str = "random"
+
+  def init(self, key, decisions):
+    del key, decisions
+    return {"step": jnp.zeros((), jnp.int32)}
+
+  def propose(self, state, key, plan, decisions, m):
+    del state
+    cols, entropy = [], 0.0
+    for i, s in enumerate(plan):
+      k = jax.random.fold_in(key, i)
+      if s.kind == CHOICE:
+        n = decisions[s.decision].num_choices
+        cols.append(jax.random.randint(k, (m, 1), 0, n))
+        entropy += math.log(n)
+      elif s.layer:
+        cols.append(jax.random.bernoulli(k, 0.5, (m, s.layer)).astype(jnp.int32))
+        entropy += s.layer * math.log(2)
+    tokens = np.concatenate([np.asarray(c, np.int32) for c in cols], axis=1) if cols else (
+        np.zeros((m, 0), np.int32))
+    return tokens, {"entropy": entropy}
+
+  def feedback(self, state, tokens, rewards, plan, decisions):
+    del tokens, rewards, plan, decisions
+    return {"step": state["step"] + 1}, {}
+
+
+def make_searcher(name: str, cfg: reinforce.ReinforceConfig):
+  if name == "reinforce":
+    return ReinforceSearcher(cfg)
+  if name == "random":
+    return RandomSearcher()
+  raise ValueError(f"config.search.searcher: unknown searcher {name!r}; use 'reinforce' or 'random'")
