@@ -106,5 +106,5 @@ def update(state: ControllerState, tokens_MxT: jax.Array, rewards_M: jax.Array, 
   new_state = state.replace(
       params=optax.apply_updates(state.params, updates), opt_state=opt_state,
       baseline=new_baseline, baseline_ready=jnp.ones((), bool), step=state.step + 1)
-  metrics = {"loss": loss, "baseline": baseline, "grad_norm": optax.global_norm(grads), **aux}
+  metrics = {"loss": loss, "baseline": baseline, "grad_norm": optax.tree.norm(grads), **aux}
   return new_state, metrics

@@ -110,7 +110,7 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
   train_cfg = config_lib.train_config(cfg)
   os.makedirs(workdir, exist_ok=True)
-  cfg_json = config_lib.flatten(cfg)
+  cfg_json = json.loads(json.dumps(config_lib.flatten(cfg)))  # tuples -> lists, as on disk
   cfg_json["search_space.class"] = type(space).__name__
   _check_workdir_config(workdir, cfg_json)
   if dataset is None:

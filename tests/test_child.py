@@ -1,0 +1,68 @@
+"""Child training: real digits, the paper's reward, failures."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from nas_jax import child, data
+from nas_jax.search_spaces import CNNArch, CNNSpace, Layer
+
+from toy_space import MLPArch, MLPSpace
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load_dataset("digits")
+
+
+def test_reward_is_cube_of_max_of_last_k_epochs():
+  cfg = child.TrainConfig(epochs=6, reward_last_epochs=5, reward_power=3.0)
+  reward, acc = child.reward_from_accuracies([0.99, 0.5, 0.6, 0.8, 0.7, 0.75], cfg)
+  assert acc == 0.8  # the 0.99 of epoch 1 is outside the last 5 epochs
+  assert reward == pytest.approx(0.8 ** 3)
+
+
+def test_digits_cnn_child_trains_above_chance(digits):
+  arch = CNNArch((Layer(3, 3, 1, 1, 16, ()), Layer(3, 3, 1, 1, 16, (0,))))
+  cfg = child.TrainConfig(epochs=3, batch_size=64, reward_last_epochs=2)
+  res = child.evaluate(CNNSpace().build(arch, 10), digits, cfg, jax.random.key(0))
+  assert not res.failed, res.error
+  assert len(res.val_accuracies) == 3
+  assert res.val_accuracy > 0.6  # chance is 0.1
+  assert res.reward == pytest.approx(max(res.val_accuracies[-2:]) ** 3)
+  # conv 3x3x1x16 + 3x3x16x16 (no bias) + 2 BN scale/bias + dense 16x10+10
+  assert res.param_count == 9 * 16 + 9 * 16 * 16 + 2 * 2 * 16 + 16 * 10 + 10
+
+
+def test_same_key_same_result_and_user_space_trains(digits):
+  space = MLPSpace()
+  model = space.build(MLPArch((64, 16), ("relu", "tanh")), 10)
+  cfg = child.TrainConfig(epochs=2, batch_size=64, reward_last_epochs=1)
+  a = child.evaluate(model, digits, cfg, jax.random.key(3))
+  b = child.evaluate(model, digits, cfg, jax.random.key(3))
+  assert not a.failed and a.val_accuracy > 0.5
+  assert a.val_accuracies == b.val_accuracies
+
+
+def test_diverging_child_fails_with_reward_zero(digits):
+  arch = CNNArch((Layer(3, 3, 1, 1, 8, ()),))
+  cfg = child.TrainConfig(epochs=2, batch_size=64, learning_rate=1e30, reward_last_epochs=1)
+  res = child.evaluate(CNNSpace().build(arch, 10), digits, cfg, jax.random.key(0))
+  assert res.failed and res.reward == 0.0
+  assert "loss became" in res.error
+
+
+class _ShapeBug(nn.Module):
+  """A user's module with a shape error, as a buggy search space would build."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(10)(x.reshape(x.shape[0], 7, -1, 5))
+
+
+def test_child_that_raises_is_recorded_as_failed(digits):
+  res = child.evaluate(_ShapeBug(), digits, child.TrainConfig(epochs=1, reward_last_epochs=1),
+                       jax.random.key(0))
+  assert res.failed and res.reward == 0.0
+  assert "reshape" in res.error.lower() or "TypeError" in res.error, res.error

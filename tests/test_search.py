@@ -1,0 +1,226 @@
+"""The search loop end to end: workdir contents, resume, random search, bad configs."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+from nas_jax import child, config as config_lib, data, search
+
+from toy_space import MLPSpace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", "configs",
+                                                                    name + ".py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def comparable(rows):
+  """History rows without wall-clock seconds (the only field allowed to differ on resume)."""
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def read_rows(workdir):
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+class FakeEvaluator:
+  """Reward = fraction of wide (64) tanh layers; raises after `crash_after` calls (a 'kill')."""
+
+  def __init__(self, crash_after=None):
+    self.calls, self.crash_after = 0, crash_after
+
+  def __call__(self, space, arch, dataset, key):
+    if self.crash_after is not None and self.calls >= self.crash_after:
+      raise KeyboardInterrupt("simulated kill")
+    self.calls += 1
+    score = np.mean([w == 64 and a == "tanh" for w, a in zip(arch.widths, arch.activations)])
+    return child.ChildResult(float(score) + 0.01, float(score), (float(score),), 0, False, "", 0.0)
+
+
+def fake_config(steps=6, searcher="reinforce"):
+  cfg = load_config("cnn_digits", "quick")
+  cfg.search.num_steps = steps
+  cfg.search.children_per_step = 4
+  cfg.search.searcher = searcher
+  cfg.controller.learning_rate = 0.05
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load_dataset("digits")
+
+
+def test_quick_digits_search_writes_workdir(tmp_path, digits):
+  cfg = load_config("cnn_digits", "quick")
+  result = search.run_search(cfg, str(tmp_path), dataset=digits)
+  rows = read_rows(tmp_path)
+  m = cfg.search.children_per_step
+  assert len(rows) == cfg.search.num_steps * m == result.num_evaluated
+  assert [(r["step"], r["index"]) for r in rows] == [(s, k) for s in range(cfg.search.num_steps)
+                                                     for k in range(m)]
+  for r in rows:
+    assert set(r) >= {"step", "tokens", "arch", "reward", "val_accuracy", "param_count", "seconds",
+                      "failed"}
+    assert len(r["arch"]["layers"]) == cfg.search_space.start_layers
+    assert r["reward"] == pytest.approx(r["val_accuracy"] ** 3)
+    assert r["param_count"] > 0 and not r["failed"]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["best"]["reward"] == max(r["reward"] for r in rows)
+  assert summary["num_evaluated"] == len(rows)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == [str(s) for s in
+                                                          range(1, cfg.search.num_steps + 1)]
+
+
+def test_interrupted_search_resumes_to_the_same_history(tmp_path):
+  cfg = fake_config(steps=6)
+  whole = tmp_path / "whole"
+  search.run_search(cfg, str(whole), space=MLPSpace(), dataset=None or _NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  broken = tmp_path / "broken"
+  for crash_after in (5, 3, 6):  # interrupted three times, mid-step and at step ends
+    with pytest.raises(KeyboardInterrupt):
+      search.run_search(cfg, str(broken), space=MLPSpace(), dataset=_NO_DATA,
+                        evaluate_fn=FakeEvaluator(crash_after))
+  search.run_search(cfg, str(broken), space=MLPSpace(), dataset=_NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  assert comparable(read_rows(broken)) == comparable(read_rows(whole))
+  assert len(read_rows(whole)) == 24
+
+
+def test_controller_learns_and_beats_random_search_on_a_fake_reward(tmp_path):
+  results = {}
+  for searcher in ("reinforce", "random"):
+    cfg = fake_config(steps=40, searcher=searcher)
+    search.run_search(cfg, str(tmp_path / searcher), space=MLPSpace(), dataset=_NO_DATA,
+                      evaluate_fn=FakeEvaluator())
+    rewards = [r["reward"] for r in read_rows(tmp_path / searcher)]
+    results[searcher] = (np.mean(rewards[:16]), np.mean(rewards[-40:]))
+  first, last = results["reinforce"]
+  assert last > first + 0.3  # the controller moves towards wide tanh layers
+  assert last > results["random"][1] + 0.3
+
+
+def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
+  cfg = fake_config(steps=2)
+  search.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  before = {p: (tmp_path / p).read_bytes() for p in ("history.jsonl", "config.json",
+                                                     "summary.json")}
+  cfg.child.epochs = 7
+  with pytest.raises(search.WorkdirMismatchError, match="config.child.epochs"):
+    search.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+                      evaluate_fn=FakeEvaluator())
+  assert before == {p: (tmp_path / p).read_bytes() for p in before}
+  # Changing only the budget is a continuation, not another search.
+  cfg.child.epochs = load_config("cnn_digits", "quick").child.epochs
+  cfg.search.num_steps = 3
+  search.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  assert len(read_rows(tmp_path)) == 3 * cfg.search.children_per_step
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("child.epochs", 0, "config.child.epochs: must be >= 1"),
+    ("child.learning_rate", -0.1, "config.child.learning_rate: must be a finite number > 0"),
+    ("search_space.num_filters", (), "config.search_space.num_filters: empty choice list"),
+    ("search.searcher", "ppo", "config.search.searcher: 'ppo' is not one of"),
+    ("data.name", "mnist", "config.data.name"),
+    ("controller.baseline_decay", 1.0, "config.controller.baseline_decay"),
+    ("child.reward_last_epochs", 9, "config.child.reward_last_epochs: must be <= "),
+])
+def test_bad_values_name_the_field(field, value, message):
+  cfg = load_config("cnn_digits")
+  section, key = field.split(".")
+  cfg[section][key] = value
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
+    config_lib.validate(cfg)
+
+
+def test_unknown_keys_and_wrong_types_name_the_field():
+  cfg = load_config("cnn_digits")
+  cfg.unlock()
+  cfg.child.epoch = 3
+  with pytest.raises(config_lib.ConfigError, match="config.child.epoch: unknown key.*child.epochs"):
+    config_lib.validate(cfg)
+  # A config built by hand (no type-safe defaults underneath) still gets its types checked.
+  cfg = ml_collections.ConfigDict(load_config("cnn_digits").to_dict(), type_safe=False)
+  cfg.child.epochs = "ten"
+  with pytest.raises(config_lib.ConfigError, match="config.child.epochs: expected int"):
+    config_lib.validate(cfg)
+
+
+def test_experiment_configs_validate():
+  for name in ("cnn_digits", "cnn_cifar10"):
+    for arg in (None, "quick"):
+      config_lib.validate(load_config(name, arg))
+  paper = load_config("cnn_cifar10")
+  assert paper.child.epochs == 50 and paper.controller.learning_rate == 6e-4
+  assert paper.search.num_steps * paper.search.children_per_step == 12800
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "search.py"), *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.child.epoch=3", "names no config field"),
+    ("--config.child.epochs=0", "config.child.epochs: must be >= 1"),
+    ("--config.search_space.num_filters=()", "config.search_space.num_filters: empty choice"),
+])
+def test_cli_bad_config_exits_with_one_line_and_writes_nothing(tmp_path, override, message):
+  workdir = tmp_path / "w"
+  out = _cli("--config", "experiments/configs/cnn_digits.py:quick", f"--workdir={workdir}",
+             override)
+  assert out.returncode != 0
+  assert message in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error:")
+  assert not workdir.exists()
+
+
+def test_cli_missing_cifar10_is_one_clear_line(tmp_path):
+  out = _cli("--config", "experiments/configs/cnn_cifar10.py:quick", f"--workdir={tmp_path / 'w'}",
+             f"--config.data.data_dir={tmp_path}")
+  assert out.returncode == 2
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "CIFAR-10" in last and str(tmp_path) in last
+
+
+def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
+  args = ["--config", "experiments/configs/cnn_digits.py:quick", "--config.search.num_steps=3",
+          f"--compilation_cache_dir={tmp_path / 'cache'}"]
+  whole = tmp_path / "whole"
+  assert _cli(*args, f"--workdir={whole}").returncode == 0
+  killed = tmp_path / "killed"
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"), *args,
+         f"--workdir={killed}"]
+  for kill_at in (1, 4):  # after the 1st child (mid-step) and after the 4th (step boundary)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      path = killed / "history.jsonl"
+      if path.exists() and len(path.read_text().splitlines()) >= kill_at:
+        break
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert _cli(*args, f"--workdir={killed}").returncode == 0
+  assert comparable(read_rows(killed)) == comparable(read_rows(whole))
+
+
+_NO_DATA = data.Dataset("none", *([np.zeros((1, 1), np.float32)] * 6), num_classes=2, augment=False)
