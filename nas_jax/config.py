@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.child = ml_collections.ConfigDict(dict(
       executor="exact", epochs=50, batch_size=128, learning_rate=0.1, momentum=0.9,
       nesterov=True, weight_decay=1e-4, reward_last_epochs=5, reward_power=3.0,
-      eval_batch_size=500))
+      eval_batch_size=500, fast_compile=False))
   c.controller = ml_collections.ConfigDict(dict(
       hidden_size=35, num_lstm_layers=2, init_scale=0.08, learning_rate=6e-4,
       baseline_decay=0.95, entropy_weight=0.0,
@@ -151,7 +151,7 @@ def train_config(cfg) -> child.TrainConfig:
       epochs=c.epochs, batch_size=c.batch_size, learning_rate=float(c.learning_rate),
       momentum=float(c.momentum), nesterov=c.nesterov, weight_decay=float(c.weight_decay),
       reward_last_epochs=c.reward_last_epochs, reward_power=float(c.reward_power),
-      eval_batch_size=c.eval_batch_size)
+      eval_batch_size=c.eval_batch_size, fast_compile=c.fast_compile)
 
 
 def reinforce_config(cfg) -> reinforce.ReinforceConfig:

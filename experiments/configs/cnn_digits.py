@@ -22,7 +22,9 @@ def get_config(arg: str | None = None):
   c.child.epochs = 4
   c.child.reward_last_epochs = 2
   c.child.batch_size = 64
+  c.child.fast_compile = True
   c.controller.learning_rate = 0.01
+  c.controller.baseline_decay = 0.8
   c.search.num_steps = 12
   c.search.children_per_step = 8
   if arg == "quick":

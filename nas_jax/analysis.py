@@ -1,0 +1,37 @@
+"""Reading a search's history and comparing searchers (e.g. REINFORCE vs random search)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def load_history(workdir: str) -> list[dict]:
+  """The rows of ``workdir/history.jsonl``, in evaluation order."""
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def top_k_mean(rewards, k: int) -> float:
+  """Mean of the k largest rewards (fewer if fewer exist)."""
+  r = np.sort(np.asarray(rewards, np.float64))[::-1][:k]
+  return float(r.mean()) if r.size else float("nan")
+
+
+def summarize(rows: list[dict], ks=(1, 5, 15)) -> dict:
+  """Budget, reward statistics of the first and last quarter, and the top-k means."""
+  rewards = [r["reward"] for r in rows]
+  q = max(1, len(rewards) // 4)
+  out = {"architectures": len(rows), "failed": sum(r["failed"] for r in rows),
+         "mean_reward_first_quarter": float(np.mean(rewards[:q])) if rewards else float("nan"),
+         "mean_reward_last_quarter": float(np.mean(rewards[-q:])) if rewards else float("nan"),
+         "distinct_architectures": len({json.dumps(r["arch"], sort_keys=True) for r in rows})}
+  for k in ks:
+    out[f"top{k}_mean_reward"] = top_k_mean(rewards, k)
+  best = max((r for r in rows if not r["failed"]), key=lambda r: r["reward"], default=None)
+  if best:
+    out["best_val_accuracy"] = best["val_accuracy"]
+    out["best_description"] = best["description"]
+  return out
