@@ -109,6 +109,9 @@ class _PlanArrays:
     self.decision = np.array([max(s.decision, 0) for s in plan], np.int32)
     anchor_slot, n = [], 0
     for s in plan:  # anchors are numbered in plan order; layer i's anchor is slot i
+      if s.kind != CHOICE and s.layer != n:
+        raise ValueError(f"plan: anchor step {n} is at layer {s.layer}; the k-th anchor step of a "
+                         f"plan must be at layer k (every layer has one anchor, in order)")
       anchor_slot.append(n if s.kind != CHOICE else 0)
       n += s.kind != CHOICE
     self.anchor_slot = np.array(anchor_slot, np.int32)

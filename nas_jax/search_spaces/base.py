@@ -16,7 +16,8 @@ The search loop sees nothing else, so a new space is one new module (see ``tests
 
 Token layout (``tokens_T``, int32): the plan's steps in order; a choice step contributes one token
 (its choice index), an anchor step at layer ``i`` contributes ``i`` bits (is layer ``j < i`` an
-input of layer ``i``?).
+input of layer ``i``?). A plan with anchors has one per layer, in order: the k-th anchor step is at
+layer k (the controller raises ValueError otherwise).
 """
 
 from __future__ import annotations
