@@ -1,0 +1,269 @@
+"""A word-level recurrent language model with any cell, and its trainer (Zaremba et al. 2014).
+
+The model: embedding -> L recurrent layers (any :class:`Cell`) -> softmax (optionally tied to
+the embedding). Regularisation: dropout on the non-recurrent connections as in Zaremba et al.
+(2014), or variational dropout as in Gal & Ghahramani (2016): one mask per sequence for inputs,
+outputs and the recurrent state, plus word-type dropout on the embedding. Training: truncated BPTT
+over contiguous streams with the state carried across segments, SGD with global-norm clipping and
+the learning-rate decay of Zaremba et al.; perplexity on validation and test.
+
+Speed: each layer's input projection for all T steps is one matmul outside the time loop; only the
+recurrent product runs inside ``lax.scan``. A cell is three pure functions (:class:`Cell`), and the
+cell's discrete choices (``ops``, an int array; empty for fixed cells) are an argument, so
+``jax.vmap`` trains m different cells in one compiled program (:func:`make_train_step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nas_jax import ptb
+
+
+class Cell(NamedTuple):
+  """A recurrent cell as pure functions; the carry is a tuple of (B, H) arrays.
+
+  init(key, input_size, hidden_size) -> params
+  project(params, x_TxBxI) -> xp_TxBxP   (input-side work for all steps at once)
+  step(params, ops, carry, xp_BxP, h_mask_BxH) -> (carry, out_BxH)
+    (h_mask multiplies the previous output before the recurrent product: variational dropout)
+  init_carry(batch, hidden_size) -> carry
+  """
+  init: Callable
+  project: Callable
+  step: Callable
+  init_carry: Callable
+
+
+def _uniform(key, shape, scale):
+  return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
+
+
+def lstm_cell(init_scale: float = 0.1, forget_bias: float = 0.0) -> Cell:
+  """The LSTM of Zaremba et al. (2014) (gates i, g, f, o; no peepholes)."""
+
+  def init(key, input_size, hidden_size):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"wx": _uniform(k1, (input_size, 4 * hidden_size), init_scale),
+            "wh": _uniform(k2, (hidden_size, 4 * hidden_size), init_scale),
+            "b": _uniform(k3, (4 * hidden_size,), init_scale)}
+
+  def project(params, x):
+    return x @ params["wx"] + params["b"]
+
+  def step(params, ops, carry, xp, h_mask):
+    del ops
+    c, h = carry
+    gates = xp + (h * h_mask) @ params["wh"]
+    i, g, f, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f + forget_bias) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (c, h), h
+
+  def init_carry(batch, hidden_size):  # two buffers: the train step donates the carry
+    return (jnp.zeros((batch, hidden_size), jnp.float32),
+            jnp.zeros((batch, hidden_size), jnp.float32))
+
+  return Cell(init, project, step, init_carry)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+  """Model and training hyperparameters (defaults: Zaremba et al.'s *small* configuration)."""
+  num_layers: int = 2
+  hidden_size: int = 200
+  embed_size: int = 200
+  tie_embeddings: bool = False
+  init_scale: float = 0.1
+  dropout: float = 0.0              # on non-recurrent connections (Zaremba)
+  variational: bool = False         # Gal: per-sequence masks, also on the recurrent state
+  embed_dropout: float = 0.0        # word-type dropout on the embedding (Gal)
+  batch_size: int = 20
+  bptt: int = 20
+  epochs: int = 13
+  learning_rate: float = 1.0
+  lr_decay: float = 0.5
+  decay_after_epoch: int = 4        # lr = lr0 * decay ** max(epoch - decay_after_epoch, 0), epoch from 1
+  max_grad_norm: float = 5.0
+  eval_batch_size: int = 20
+  test_batch_size: int = 1
+  max_train_tokens: int = 0         # 0 = the whole training set per epoch (a CPU search budget otherwise)
+  max_eval_tokens: int = 0          # 0 = the whole validation set
+
+
+def init_params(key, vocab_size: int, cell: Cell, cfg: LMConfig):
+  keys = jax.random.split(key, cfg.num_layers + 2)
+  params = {"embed": _uniform(keys[0], (vocab_size, cfg.embed_size), cfg.init_scale),
+            "layers": [cell.init(keys[1 + l], cfg.embed_size if l == 0 else cfg.hidden_size,
+                                 cfg.hidden_size) for l in range(cfg.num_layers)],
+            "softmax_b": _uniform(keys[-1], (vocab_size,), cfg.init_scale)}
+  if not cfg.tie_embeddings:
+    params["softmax_w"] = _uniform(jax.random.fold_in(keys[-1], 1),
+                                   (cfg.hidden_size, vocab_size), cfg.init_scale)
+  return params
+
+
+def init_carry(cell: Cell, cfg: LMConfig, batch: int):
+  return tuple(cell.init_carry(batch, cfg.hidden_size) for _ in range(cfg.num_layers))
+
+
+def _mask(key, shape, rate):
+  if key is None or rate <= 0:
+    return jnp.ones(shape, jnp.float32)
+  return jax.random.bernoulli(key, 1 - rate, shape).astype(jnp.float32) / (1 - rate)
+
+
+def apply(params, ops, carry, inputs_BxT, cell: Cell, cfg: LMConfig, key=None):
+  """Runs the LM over one segment. Returns (logits_TxBxV, new carry). key=None: no dropout."""
+  b, t = inputs_BxT.shape
+  keys = list(jax.random.split(key, 2 * cfg.num_layers + 3)) if key is not None else [None] * (
+      2 * cfg.num_layers + 3)
+  embed = params["embed"]
+  if cfg.embed_dropout > 0 and key is not None:
+    embed = embed * _mask(keys.pop(), (embed.shape[0], 1), cfg.embed_dropout)
+  else:
+    keys.pop()
+  x = embed[inputs_BxT.T]  # T x B x E
+  var = cfg.variational
+  new_carry = []
+  for l, layer_params in enumerate(params["layers"]):
+    in_shape = (1,) + x.shape[1:] if var else x.shape
+    x = x * _mask(keys.pop(), in_shape, cfg.dropout)
+    h_mask = _mask(keys.pop(), (b, cfg.hidden_size), cfg.dropout if var else 0.0)
+    xp = cell.project(layer_params, x)
+    step = lambda c, xp_t: cell.step(layer_params, ops, c, xp_t, h_mask)
+    c, x = jax.lax.scan(step, carry[l], xp)
+    new_carry.append(c)
+  out_shape = (1,) + x.shape[1:] if var else x.shape
+  x = x * _mask(keys.pop(), out_shape, cfg.dropout)
+  w = params["embed"].T if cfg.tie_embeddings else params["softmax_w"]
+  logits = x @ w + params["softmax_b"]
+  return logits, tuple(new_carry)
+
+
+def _nll_sum(logits_TxBxV, targets_BxT):
+  """Sum over time and batch of the negative log-likelihood."""
+  logp = jax.nn.log_softmax(logits_TxBxV)
+  return -jnp.sum(jnp.take_along_axis(logp, targets_BxT.T[..., None], axis=-1))
+
+
+def make_train_step(cell: Cell, cfg: LMConfig):
+  """(params, ops, carry, inputs, targets, lr, key) -> (params, carry, nll_sum).
+
+  The loss is Zaremba et al.'s: summed over time steps, averaged over the batch; SGD with the
+  gradient clipped to global norm ``max_grad_norm``. Not jitted: jit (or vmap, then jit) it.
+  """
+
+  def train_step(params, ops, carry, inputs, targets, lr, key):
+    def loss_fn(p):
+      logits, new_carry = apply(p, ops, carry, inputs, cell, cfg, key)
+      nll = _nll_sum(logits, targets)
+      return nll / inputs.shape[0], (new_carry, nll)
+
+    grads, (new_carry, nll) = jax.grad(loss_fn, has_aux=True)(params)
+    norm = optax.tree.norm(grads)
+    scale = jnp.minimum(1.0, cfg.max_grad_norm / (norm + 1e-6))
+    params = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
+    new_carry = jax.tree.map(jax.lax.stop_gradient, new_carry)
+    return params, new_carry, nll
+
+  return train_step
+
+
+def make_eval_step(cell: Cell, cfg: LMConfig):
+  """(params, ops, carry, inputs, targets) -> (carry, nll_sum); no dropout."""
+
+  def eval_step(params, ops, carry, inputs, targets):
+    logits, carry = apply(params, ops, carry, inputs, cell, cfg, None)
+    return carry, _nll_sum(logits, targets)
+
+  return eval_step
+
+
+def learning_rate(cfg: LMConfig, epoch: int) -> float:
+  """Zaremba et al.'s schedule; ``epoch`` counts from 1."""
+  return cfg.learning_rate * cfg.lr_decay ** max(epoch - cfg.decay_after_epoch, 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(cell: Cell, cfg: LMConfig):
+  return (jax.jit(make_train_step(cell, cfg), donate_argnums=(0, 2)),
+          jax.jit(make_eval_step(cell, cfg), donate_argnums=(2,)))
+
+
+def perplexity(params, ops, ids: np.ndarray, cell: Cell, cfg: LMConfig, batch_size: int,
+               bptt: int = 0, max_tokens: int = 0) -> float:
+  """exp(mean NLL) over ``ids`` read as ``batch_size`` contiguous streams, state carried."""
+  if max_tokens:
+    ids = ids[:max_tokens + 1]
+  _, eval_step = _jitted(cell, cfg)
+  stream = ptb.batchify(ids, batch_size)
+  bptt = bptt or (cfg.bptt if batch_size > 1 else 400)
+  carry = init_carry(cell, cfg, batch_size)
+  total, count = 0.0, 0
+  for x, y in ptb.segments(stream, bptt, keep_partial=True):  # every target counted once
+    carry, nll = eval_step(params, ops, carry, x, y)
+    total += float(nll)
+    count += y.size
+  return math.exp(total / count)
+
+
+class LMResult(NamedTuple):
+  params: Any
+  history: list  # per epoch: dict(epoch, lr, train_ppl, valid_ppl, tokens_per_sec, seconds)
+  valid_ppl: float
+  test_ppl: float | None
+
+
+def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=None,
+          evaluate_test: bool = True, log_fn: Callable[[str], None] | None = None) -> LMResult:
+  """Trains an LM on ``corpus.train`` and reports validation (and test) perplexity per epoch.
+
+  Returns:
+    LMResult; ``valid_ppl`` is the best validation perplexity over the epochs, ``test_ppl`` is the
+    test perplexity of the final parameters (Zaremba et al. report the final model).
+  """
+  ops = jnp.zeros((0,), jnp.int32) if ops is None else jnp.asarray(ops)
+  init_key, drop_key = jax.random.split(key)
+  params = init_params(init_key, len(corpus.vocab), cell, cfg)
+  train_step, _ = _jitted(cell, cfg)
+  train_ids = corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens else corpus.train
+  stream = ptb.batchify(train_ids, cfg.batch_size)
+  history = []
+  use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
+  step = 0
+  for epoch in range(1, cfg.epochs + 1):
+    lr = learning_rate(cfg, epoch)
+    carry = init_carry(cell, cfg, cfg.batch_size)
+    t0, total, count = time.time(), 0.0, 0
+    nlls = []
+    for x, y in ptb.segments(stream, cfg.bptt):
+      k = jax.random.fold_in(drop_key, step) if use_dropout else None
+      params, carry, nll = train_step(params, ops, carry, x, y, lr, k)
+      nlls.append(nll)
+      count += y.size
+      step += 1
+    total = float(jnp.sum(jnp.stack(nlls)))
+    seconds = time.time() - t0
+    train_ppl = math.exp(total / count)
+    if not math.isfinite(train_ppl):
+      raise FloatingPointError(f"training perplexity became {train_ppl} in epoch {epoch}")
+    valid_ppl = perplexity(params, ops, corpus.valid, cell, cfg, cfg.eval_batch_size,
+                           max_tokens=cfg.max_eval_tokens)
+    history.append({"epoch": epoch, "lr": lr, "train_ppl": train_ppl, "valid_ppl": valid_ppl,
+                    "tokens_per_sec": count / seconds, "seconds": seconds})
+    if log_fn:
+      log_fn(f"epoch {epoch}/{cfg.epochs} lr {lr:.4g} train ppl {train_ppl:.2f} "
+             f"valid ppl {valid_ppl:.2f} | {count / seconds:.0f} tokens/s | {seconds:.0f}s")
+  test_ppl = (perplexity(params, ops, corpus.test, cell, cfg, cfg.test_batch_size)
+              if evaluate_test else None)
+  return LMResult(params, history, min(h["valid_ppl"] for h in history), test_ppl)
