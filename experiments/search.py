@@ -47,9 +47,10 @@ def main(argv):
     sys.exit(2)
   best = result.best
   if best:
-    logging.info("best of %d architectures: reward %.4f val_acc %.4f params %d | %s",
-                 result.num_evaluated, best["reward"], best["val_accuracy"], best["param_count"],
-                 best["description"])
+    score = (f"val_ppl {best['val_ppl']:.2f}" if "val_ppl" in best
+             else f"val_acc {best['val_accuracy']:.4f}")
+    logging.info("best of %d architectures: reward %.4g %s params %d | %s", result.num_evaluated,
+                 best["reward"], score, best["param_count"], best["description"])
 
 
 def _parse_flags(argv):

@@ -57,6 +57,7 @@ class ChildResult(NamedTuple):
   failed: bool
   error: str
   seconds: float
+  metrics: dict | None = None    # executor-specific extras (e.g. perplexities), kept in history
 
 
 def reward_from_accuracies(val_accuracies, cfg: TrainConfig) -> tuple[float, float]:

@@ -7,34 +7,37 @@ and raises :class:`ConfigError` naming the field and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import ml_collections
 
-from nas_jax import child, controller, reinforce
-from nas_jax.search_spaces import make_space
+from nas_jax import child, controller, lm, reinforce
+from nas_jax.search_spaces import SPACES, make_space
 
 
 class ConfigError(ValueError):
   """A bad config value; the message names the field and how to fix it."""
 
 
-def default_config() -> ml_collections.ConfigDict:
+def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
+  """Defaults for a search of the space named ``space`` (its section mirrors the space's fields)."""
+  if space not in SPACES:
+    raise ConfigError(f"config.search_space.name: unknown space {space!r}; one of {sorted(SPACES)}")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      name="cifar10", data_dir="", num_validation=0, max_train=0))
-  c.search_space = ml_collections.ConfigDict(dict(
-      name="cnn",
-      filter_heights=(1, 3, 5, 7), filter_widths=(1, 3, 5, 7),
-      num_filters=(24, 36, 48, 64), strides=(1, 2, 3), predict_strides=False,
-      skip_connections=True, start_layers=6, layers_increment=2, increment_every=1600,
-      max_layers=0, convs_per_layer=1, pool_after_layers=()))
+      name="cifar10" if space == "cnn" else "ptb", data_dir="", num_validation=0, max_train=0,
+      level="word"))
+  space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])}
+  c.search_space = ml_collections.ConfigDict(dict(space_fields, name=space))
   c.child = ml_collections.ConfigDict(dict(
       executor="exact", epochs=50, batch_size=128, learning_rate=0.1, momentum=0.9,
       nesterov=True, weight_decay=1e-4, reward_last_epochs=5, reward_power=3.0,
       eval_batch_size=500, fast_compile=False))
+  c.lm_child = ml_collections.ConfigDict(dict(
+      dataclasses.asdict(lm.LMConfig()), reward_constant=80.0, vmap=True))
   c.controller = ml_collections.ConfigDict(dict(
       hidden_size=35, num_lstm_layers=2, init_scale=0.08, learning_rate=6e-4,
       baseline_decay=0.95, entropy_weight=0.0,
@@ -55,15 +58,25 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search_space.convs_per_layer", "child.epochs", "child.batch_size",
                  "child.reward_last_epochs", "child.eval_batch_size", "controller.hidden_size",
                  "controller.num_lstm_layers", "search.num_steps", "search.children_per_step",
-                 "search.keep_checkpoints")
+                 "search.keep_checkpoints", "search_space.base", "lm_child.num_layers",
+                 "lm_child.hidden_size", "lm_child.embed_size", "lm_child.batch_size",
+                 "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
+                 "lm_child.test_batch_size")
 _NON_NEGATIVE = ("search_space.layers_increment", "search_space.max_layers", "data.num_validation",
-                 "data.max_train", "child.weight_decay", "controller.entropy_weight")
+                 "data.max_train", "child.weight_decay", "controller.entropy_weight",
+                 "lm_child.decay_after_epoch", "lm_child.max_train_tokens",
+                 "lm_child.max_eval_tokens")
+_UNIT_INTERVAL = ("lm_child.dropout", "lm_child.embed_dropout", "lm_child.lr_decay")
 _POSITIVE = ("child.learning_rate", "child.reward_power", "controller.init_scale",
-             "controller.learning_rate", "controller.temperature", "controller.tanh_constant")
+             "controller.learning_rate", "controller.temperature", "controller.tanh_constant",
+             "lm_child.init_scale", "lm_child.learning_rate", "lm_child.max_grad_norm",
+             "lm_child.reward_constant")
 _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
-                 "search_space.num_filters", "search_space.strides")
+                 "search_space.num_filters", "search_space.strides", "search_space.combinations",
+                 "search_space.activations")
 _ENUMS = {"child.executor": ("exact",), "search.searcher": ("reinforce", "random"),
-          "data.name": ("digits", "cifar10")}
+          "data.level": ("word", "char")}
+_DATA_FOR_SPACE = {"cnn": ("digits", "cifar10"), "rnn_cell": ("ptb",)}
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, Any]:
@@ -86,19 +99,22 @@ def _check_type(name: str, value, default):
   elif isinstance(default, float):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
   elif isinstance(default, (list, tuple)):
+    elem = type(default[0]) if default else int
     ok = isinstance(value, (list, tuple)) and all(
-        isinstance(x, int) and not isinstance(x, bool) for x in value)
+        isinstance(x, elem) and not isinstance(x, bool) for x in value)
   else:
     ok = isinstance(value, type(default))
   if not ok:
-    kind = "a list of ints" if isinstance(default, (list, tuple)) else type(default).__name__
+    kind = (f"a tuple of {type(default[0]).__name__ if default else 'int'}s"
+            if isinstance(default, (list, tuple)) else type(default).__name__)
     raise ConfigError(f"config.{name}: expected {kind}, got {value!r}; set it like the default "
                       f"({default!r})")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for unknown keys, wrong types and out-of-range values."""
-  defaults = flatten(default_config())
+  space = cfg.get("search_space", {}).get("name", "cnn")
+  defaults = flatten(default_config(space))
   values = flatten(cfg)
   for name in values:
     if name not in defaults:
@@ -111,26 +127,37 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{name}: missing; start the config from "
                         "nas_jax.config.default_config()")
     _check_type(name, values[name], default)
-  for name in _POSITIVE_INT:
+  for name in (n for n in _POSITIVE_INT if n in values):
     if values[name] < 1:
       raise ConfigError(f"config.{name}: must be >= 1, got {values[name]}")
-  for name in _NON_NEGATIVE:
+  for name in _UNIT_INTERVAL:
+    if not 0 <= values[name] < 1:
+      raise ConfigError(f"config.{name}: must be in [0, 1), got {values[name]}")
+  for name in (n for n in _NON_NEGATIVE if n in values):
     if values[name] < 0:
       raise ConfigError(f"config.{name}: must be >= 0, got {values[name]}")
   for name in _POSITIVE:
     v = values[name]
     if v is not None and not (v > 0 and math.isfinite(v)):
       raise ConfigError(f"config.{name}: must be a finite number > 0, got {v}")
-  for name in _CHOICE_LISTS:
+  for name in (n for n in _CHOICE_LISTS if n in values):
     v = values[name]
     if not v:
       raise ConfigError(f"config.{name}: empty choice list; give at least one value, "
                         f"e.g. {defaults[name]}")
-    if any(x < 1 for x in v):
+    if any(isinstance(x, int) and x < 1 for x in v):
       raise ConfigError(f"config.{name}: every choice must be >= 1, got {list(v)}")
   for name, allowed in _ENUMS.items():
     if values[name] not in allowed:
       raise ConfigError(f"config.{name}: {values[name]!r} is not one of {list(allowed)}")
+  allowed = _DATA_FOR_SPACE.get(space)
+  if allowed and values["data.name"] not in allowed:
+    raise ConfigError(f"config.data.name: {values['data.name']!r} is not one of {list(allowed)} "
+                      f"(the data of search space {space!r})")
+  try:
+    make_space(cfg.search_space)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.{e}" if str(e).startswith("search_space.") else str(e)) from None
   if not 0 <= values["controller.baseline_decay"] < 1:
     raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
                       f"{values['controller.baseline_decay']}")
@@ -164,3 +191,8 @@ def reinforce_config(cfg) -> reinforce.ReinforceConfig:
           hidden_size=c.hidden_size, num_lstm_layers=c.num_lstm_layers,
           init_scale=float(c.init_scale), temperature=opt(c.temperature),
           tanh_constant=opt(c.tanh_constant)))
+
+
+def lm_child_config(cfg) -> lm.LMConfig:
+  c = {k: v for k, v in cfg.lm_child.items() if k not in ("reward_constant", "vmap")}
+  return lm.LMConfig(**c)

@@ -20,14 +20,14 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nas_jax import child, config as config_lib, data as data_lib, searchers
+from nas_jax import child, config as config_lib, data as data_lib, executors, searchers
 from nas_jax.search_spaces import base
 
 
@@ -91,7 +91,9 @@ def best_row(rows: list[dict]) -> dict | None:
 
 def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
                dataset: data_lib.Dataset | None = None,
-               evaluate_fn: Callable[..., child.ChildResult] | None = None) -> SearchResult:
+               evaluate_fn: Callable[..., child.ChildResult] | None = None,
+               evaluate_batch_fn: Callable[..., Iterable[child.ChildResult]] | None = None
+               ) -> SearchResult:
   """Runs (or resumes) a search in ``workdir``.
 
   Args:
@@ -99,8 +101,11 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
     workdir: output directory; a previous run of the same config there is resumed.
     space: a search space object; defaults to the one ``cfg.search_space`` names.
     dataset: the data; defaults to ``cfg.data``.
-    evaluate_fn: ``(space, arch, dataset, key) -> ChildResult``; defaults to training the child
-      with ``cfg.child`` (replace it to test searchers with a fake reward).
+    evaluate_fn: ``(space, arch, dataset, key) -> ChildResult``; replaces the default child
+      training (e.g. a fake reward to test searchers).
+    evaluate_batch_fn: ``(space, archs, dataset, keys) -> iterable of ChildResult`` in order, for
+      executors that train the children of a step together; defaults to the executor that
+      ``cfg`` names (one child at a time for CNNs, vmapped language models for cells).
 
   Returns:
     A :class:`SearchResult` with the best history row.
@@ -108,20 +113,17 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   config_lib.validate(cfg)
   space = space or config_lib.search_space(cfg)
   searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
-  train_cfg = config_lib.train_config(cfg)
   os.makedirs(workdir, exist_ok=True)
   cfg_json = json.loads(json.dumps(config_lib.flatten(cfg)))  # tuples -> lists, as on disk
   cfg_json["search_space.class"] = type(space).__name__
   _check_workdir_config(workdir, cfg_json)
   if dataset is None:
-    dataset = data_lib.load_dataset(
-        cfg.data.name, cfg.data.data_dir or None, num_validation=cfg.data.num_validation or None,
-        max_train=cfg.data.max_train or None, seed=cfg.seed)
-  if evaluate_fn is None:
-    def evaluate_fn(space, arch, dataset, key):
-      log_fn = logging.info if cfg.search.verbose else None
-      return child.evaluate(space.build(arch, dataset.num_classes), dataset, train_cfg, key,
-                            log_fn=log_fn)
+    dataset = executors.load_data(cfg)
+  if evaluate_fn is not None:
+    evaluate_batch_fn = lambda space, archs, dataset, keys: (
+        evaluate_fn(space, a, dataset, k) for a, k in zip(archs, keys))
+  if evaluate_batch_fn is None:
+    evaluate_batch_fn = executors.make_evaluator(cfg)
 
   root = jax.random.key(cfg.seed)
   init_key, propose_key, child_key = (jax.random.fold_in(root, i) for i in range(3))
@@ -160,26 +162,32 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
                                       decisions, m)
       t_controller = time.time() - t0
       rewards = np.zeros(m, np.float32)
+      archs = [space.decode(plan, t) for t in tokens]
+      rows: list[dict | None] = [None] * m
+      if step == start:  # children of the interrupted step that were already evaluated
+        for k in range(m):
+          old = pending.get(k)
+          rows[k] = old if old is not None and old["tokens"] == tokens[k].tolist() else None
+      todo = [k for k in range(m) if rows[k] is None]
+      results = iter(evaluate_batch_fn(space, [archs[k] for k in todo], dataset,
+                                       [jax.random.fold_in(child_key, step * m + k) for k in todo]))
       for k in range(m):
-        arch = space.decode(plan, tokens[k])
-        old = pending.pop(k, None) if step == start else None
-        if old is not None and old["tokens"] == tokens[k].tolist():
-          row = old
-        else:
-          res = evaluate_fn(space, arch, dataset, jax.random.fold_in(child_key, step * m + k))
-          row = {"step": step, "index": k, "num_layers": num_layers,
-                 "tokens": tokens[k].tolist(), "arch": base.to_json(arch),
-                 "description": space.describe(arch), "reward": res.reward,
-                 "val_accuracy": res.val_accuracy, "val_accuracies": list(res.val_accuracies),
-                 "param_count": res.param_count, "seconds": round(res.seconds, 3),
-                 "failed": res.failed, "error": res.error}
+        if rows[k] is None:
+          res = next(results)
+          rows[k] = {"step": step, "index": k, "num_layers": num_layers,
+                     "tokens": tokens[k].tolist(), "arch": base.to_json(archs[k]),
+                     "description": space.describe(archs[k]), "reward": res.reward,
+                     "val_accuracy": res.val_accuracy, "val_accuracies": list(res.val_accuracies),
+                     **(res.metrics or {}),
+                     "param_count": res.param_count, "seconds": round(res.seconds, 3),
+                     "failed": res.failed, "error": res.error}
           done_here += 1
           if res.failed:
             logging.warning("child %d.%d failed: %s", step, k, res.error.splitlines()[0])
-        history.write(json.dumps(row) + "\n")
+        history.write(json.dumps(rows[k]) + "\n")
         history.flush()
-        kept.append(row)
-        rewards[k] = row["reward"]
+        kept.append(rows[k])
+        rewards[k] = rows[k]["reward"]
       os.fsync(history.fileno())
       t0 = time.time()
       state, metrics = searcher.feedback(state, tokens, rewards, plan, decisions)
@@ -191,11 +199,12 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
       elapsed = time.time() - t_start
       rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
       eta = (num_steps - step - 1) * m / (rate / 60) if rate else float("nan")
+      fmt = lambda v: "-" if v is None else f"{v:.4f}"
       logging.info(
-          "step %d/%d | layers %d | reward mean %.4f max %.4f | baseline %.4f | entropy %.2f | "
-          "loss %.4f | best %.4f | %.1f children/min | controller %.0f ms | eta %.0fs",
+          "step %d/%d | layers %d | reward mean %.4f max %.4f | baseline %s | entropy %.2f | "
+          "loss %s | best %.4f | %.1f children/min | controller %.0f ms | eta %.0fs",
           step + 1, num_steps, num_layers, rewards.mean(), rewards.max(),
-          metrics.get("baseline", float("nan")), info["entropy"], metrics.get("loss", float("nan")),
+          fmt(metrics.get("baseline")), info["entropy"], fmt(metrics.get("loss")),
           best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
   finally:
     history.close()

@@ -2,7 +2,8 @@
 
   python experiments/search.py --config experiments/configs/cnn_digits.py --workdir /tmp/nas_digits
 
-About 10 minutes on a 2-core CPU: 12 controller steps x 8 children, each child trained 4 epochs.
+About 7 minutes on a 2-core CPU: 16 controller steps x 8 children (128 architectures, 3 to 5
+layers), each child trained 4 epochs on 1,297 images and scored on 250.
 The reward moving average (the baseline) rises as the controller learns to avoid 1-wide filters,
 which cannot see spatial structure through global average pooling. Random search at the same
 budget: add ``--config.search.searcher=random``. ``:quick`` is a tiny run for tests.
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
   c.child.fast_compile = True
   c.controller.learning_rate = 0.01
   c.controller.baseline_decay = 0.8
-  c.search.num_steps = 12
+  c.search.num_steps = 16
   c.search.children_per_step = 8
   if arg == "quick":
     c.search_space.num_filters = (4, 8)

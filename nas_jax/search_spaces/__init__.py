@@ -7,8 +7,9 @@ passed to ``nas_jax.search.run_search(..., space=...)`` directly, without any re
 
 from nas_jax.search_spaces.base import Decision, SearchSpace, Step, anchor, choice, num_tokens
 from nas_jax.search_spaces.cnn import CNNArch, CNNSpace, Layer
+from nas_jax.search_spaces.rnn_cell import CellArch, NodeOp, RNNCellSpace
 
-SPACES = {"cnn": CNNSpace}
+SPACES = {"cnn": CNNSpace, "rnn_cell": RNNCellSpace}
 
 
 def make_space(space_cfg) -> SearchSpace:

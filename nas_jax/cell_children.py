@@ -1,0 +1,114 @@
+"""Training the m recurrent-cell children of a controller step together, and their reward.
+
+Each child is a language model whose recurrent cell is one architecture of
+:class:`~nas_jax.search_spaces.rnn_cell.RNNCellSpace`. A cell enters the model as its ``ops`` array
+(a traced int array: every node computes its cheap elementwise candidates and selects one), so
+``jax.vmap`` trains all m children side by side in one compiled program, compiled once for the
+whole search. ``vmap=False`` trains the same children one after another (the baseline of
+``benchmarks/cell_children.py``). Reward (paper, Section 4.2): ``c / (validation perplexity)^2``,
+c = 80. A child whose perplexity is not finite gets reward 0 and is marked failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nas_jax import child, lm, lm_cells, ptb
+from nas_jax.search_spaces import rnn_cell
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int, vmapped: bool):
+  cell = lm_cells.searched_lm_cell(space, cfg.init_scale)
+  init = functools.partial(lm.init_params, vocab_size=vocab_size, cell=cell, cfg=cfg)
+  train_step, eval_step = lm.make_train_step(cell, cfg), lm.make_eval_step(cell, cfg)
+  if vmapped:
+    init = jax.vmap(init)
+    train_step = jax.vmap(train_step, in_axes=(0, 0, 0, None, None, None, 0))
+    eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None, None))
+  return (cell, jax.jit(init), jax.jit(train_step, donate_argnums=(0, 2)),
+          jax.jit(eval_step, donate_argnums=(2,)))
+
+
+def _train(space, ops, corpus, cfg, keys, vmapped):
+  """Trains one group (vmapped: leading axis m; else a single child). Returns (train, val) NLLs."""
+  cell, init, train_step, eval_step = _programs(space, cfg, len(corpus.vocab), vmapped)
+  m = ops.shape[0] if vmapped else None
+  init_keys, drop_keys = (jax.vmap(jax.random.split, out_axes=1)(keys) if vmapped
+                          else jax.random.split(keys))
+  params = init(init_keys)
+  stack = (lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (m,) + a.shape).copy(), t)) \
+      if vmapped else (lambda t: t)
+  train_ids = corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens else corpus.train
+  stream = ptb.batchify(train_ids, cfg.batch_size)
+  use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
+  train_nll, step = [], 0
+  for epoch in range(1, cfg.epochs + 1):
+    carry = stack(lm.init_carry(cell, cfg, cfg.batch_size))
+    lr = lm.learning_rate(cfg, epoch)
+    for x, y in ptb.segments(stream, cfg.bptt):
+      k = None
+      if use_dropout:
+        k = (jax.vmap(jax.random.fold_in, in_axes=(0, None))(drop_keys, step) if vmapped
+             else jax.random.fold_in(drop_keys, step))
+      params, carry, nll = train_step(params, ops, carry, x, y, lr, k)
+      train_nll.append(nll)
+      step += 1
+  val_ids = corpus.valid[:cfg.max_eval_tokens + 1] if cfg.max_eval_tokens else corpus.valid
+  carry = stack(lm.init_carry(cell, cfg, cfg.eval_batch_size))
+  val_total, count = 0.0, 0
+  for x, y in ptb.segments(ptb.batchify(val_ids, cfg.eval_batch_size), cfg.bptt,
+                           keep_partial=True):
+    carry, nll = eval_step(params, ops, carry, x, y)
+    val_total = val_total + nll
+    count += y.size
+  return np.asarray(train_nll[-1]), np.asarray(val_total) / count
+
+
+def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellArch],
+                   corpus: ptb.Corpus, cfg: lm.LMConfig, keys: Sequence[jax.Array], *,
+                   reward_constant: float = 80.0, vmap: bool = True) -> list[child.ChildResult]:
+  """Trains one LM per cell (all m at once when ``vmap``) and returns their rewards.
+
+  Args:
+    space: the cell search space.
+    archs: m decoded cells.
+    corpus: PTB (``nas_jax.ptb.load_ptb``).
+    cfg: the child LM's config (``max_train_tokens``/``max_eval_tokens`` set a CPU budget).
+    keys: one PRNG key per child (same key -> same child, vmapped or not).
+    reward_constant: c in c / ppl^2.
+    vmap: train the m children in one vmapped program; False trains them one after another.
+
+  Returns:
+    One ChildResult per cell; ``metrics`` holds ``val_ppl`` and ``train_ppl``.
+  """
+  t0 = time.time()
+  ops = np.stack([space.ops(a) for a in archs]).astype(np.int32)
+  if vmap:
+    train_nll, val_nll = _train(space, jnp.asarray(ops), corpus, cfg, jnp.stack(keys), True)
+  else:
+    pairs = [_train(space, jnp.asarray(o), corpus, cfg, k, False) for o, k in zip(ops, keys)]
+    train_nll, val_nll = (np.array([p[i] for p in pairs]) for i in (0, 1))
+  seconds = (time.time() - t0) / len(archs)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(
+      lambda k: lm.init_params(k, len(corpus.vocab), lm_cells.searched_lm_cell(space), cfg),
+      jax.random.key(0))))
+  results = []
+  for k in range(len(archs)):
+    val_ppl = math.exp(min(float(val_nll[k]), 700.0))
+    train_ppl = math.exp(min(float(train_nll[k]) / (cfg.batch_size * cfg.bptt), 700.0))
+    failed = not (math.isfinite(float(val_nll[k])) and math.isfinite(float(train_nll[k])))
+    reward = 0.0 if failed else reward_constant / val_ppl ** 2
+    results.append(child.ChildResult(
+        reward=reward, val_accuracy=0.0, val_accuracies=(), param_count=n_params, failed=failed,
+        error="perplexity is not finite" if failed else "", seconds=seconds,
+        metrics={"val_ppl": None if failed else val_ppl,
+                 "train_ppl": None if failed else train_ppl}))
+  return results
