@@ -146,14 +146,16 @@ def apply(params, ops, carry, inputs_BxT, cell: Cell, cfg: LMConfig, key=None):
   out_shape = (1,) + x.shape[1:] if var else x.shape
   x = x * _mask(keys.pop(), out_shape, cfg.dropout)
   w = params["embed"].T if cfg.tie_embeddings else params["softmax_w"]
-  logits = x @ w + params["softmax_b"]
+  logits = (x.reshape(t * b, -1) @ w + params["softmax_b"]).reshape(t, b, -1)  # 2-D matmul
   return logits, tuple(new_carry)
 
 
 def _nll_sum(logits_TxBxV, targets_BxT):
-  """Sum over time and batch of the negative log-likelihood."""
-  logp = jax.nn.log_softmax(logits_TxBxV)
-  return -jnp.sum(jnp.take_along_axis(logp, targets_BxT.T[..., None], axis=-1))
+  """Sum over time and batch of the negative log-likelihood (logsumexp - target logit)."""
+  logits = logits_TxBxV.reshape(-1, logits_TxBxV.shape[-1])
+  targets = targets_BxT.T.reshape(-1)
+  target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+  return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_logit)
 
 
 def make_train_step(cell: Cell, cfg: LMConfig):
