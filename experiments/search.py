@@ -42,7 +42,8 @@ def main(argv):
   from nas_jax import config as config_lib, data, search  # pylint: disable=g-import-not-at-top
   try:
     result = search.run_search(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, search.WorkdirMismatchError, data.DataUnavailableError) as e:
+  except (config_lib.ConfigError, search.WorkdirMismatchError, search.ChildrenFailError,
+          data.DataUnavailableError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   best = result.best

@@ -8,10 +8,31 @@ import os
 import numpy as np
 
 
+def read_history(path: str) -> list[dict]:
+  """Rows of a history file; a last line cut short by a kill (and anything after) is dropped."""
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          break
+  return rows
+
+
 def load_history(workdir: str) -> list[dict]:
   """The rows of ``workdir/history.jsonl``, in evaluation order."""
-  with open(os.path.join(workdir, "history.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  path = os.path.join(workdir, "history.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(path)
+  return read_history(path)
+
+
+def best_row(rows: list[dict]) -> dict | None:
+  """The history row of the highest reward among children that did not fail."""
+  ok = [r for r in rows if not r["failed"]]
+  return max(ok, key=lambda r: r["reward"]) if ok else None
 
 
 def top_k_mean(rewards, k: int) -> float:
@@ -30,7 +51,7 @@ def summarize(rows: list[dict], ks=(1, 5, 15)) -> dict:
          "distinct_architectures": len({json.dumps(r["arch"], sort_keys=True) for r in rows})}
   for k in ks:
     out[f"top{k}_mean_reward"] = top_k_mean(rewards, k)
-  best = max((r for r in rows if not r["failed"]), key=lambda r: r["reward"], default=None)
+  best = best_row(rows)
   if best:
     out["best_val_accuracy"] = best["val_accuracy"]
     out["best_description"] = best["description"]

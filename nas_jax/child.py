@@ -6,7 +6,7 @@ The paper's recipe (Section 4.1): SGD with Nesterov momentum 0.9, learning rate 
 The ``exact`` executor compiles one program per distinct architecture at its exact shapes and keeps
 it (in memory here, and in JAX's persistent compilation cache when the entry point enables it).
 Training is a Python loop over a jitted step: on CPU a conv step inside ``lax.scan`` runs 13-15x
-slower (shared/FINDINGS.md). A child whose loss turns NaN/inf, or whose code raises, is returned as
+slower (measured on the project's 2-core machines). A child whose loss turns NaN/inf, or whose code raises, is returned as
 failed with reward 0; the search goes on.
 
 Everything an executor needs is in :func:`evaluate`'s arguments, so another executor (e.g. a
@@ -85,15 +85,15 @@ def _programs(model, cfg: TrainConfig, augment: bool) -> _Programs:
 
   def init(key, x):
     # XLA's RngBitGenerator compiles ~3x faster than threefry for a net's worth of initialisers.
-    key = jax.random.wrap_key_data(jnp.tile(jax.random.key_data(key), 2), impl="rbg")
+    key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
     variables = model.init(key, x, train=False)
     params = variables["params"]
     return params, variables.get("batch_stats", {}), tx.init(params)
 
-  def train_step(params, batch_stats, opt_state, images, labels, idx_B, key):
+  def train_step(params, batch_stats, opt_state, images, labels, idx_B, key, step):
     x, y = images[idx_B], labels[idx_B]
     if augment:
-      x = data_lib.augment_batch(key, x)
+      x = data_lib.augment_batch(jax.random.fold_in(key, step), x)
 
     def loss_fn(p):
       logits, new_vars = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
@@ -163,7 +163,7 @@ def evaluate(model, dataset: data_lib.Dataset, cfg: TrainConfig, key: jax.Array,
       for b in range(steps_per_epoch):
         params, batch_stats, opt_state, loss = progs.train_step(
             params, batch_stats, opt_state, train_x, train_y, perm[b * bs:(b + 1) * bs],
-            jax.random.fold_in(aug_key, step))
+            aug_key, step)
         step += 1
       if not np.isfinite(float(loss)):
         raise FloatingPointError(f"training loss became {float(loss)} in epoch {epoch + 1}")

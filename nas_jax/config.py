@@ -32,17 +32,15 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
       level="word"))
   space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])}
   c.search_space = ml_collections.ConfigDict(dict(space_fields, name=space))
-  c.child = ml_collections.ConfigDict(dict(
-      executor="exact", epochs=50, batch_size=128, learning_rate=0.1, momentum=0.9,
-      nesterov=True, weight_decay=1e-4, reward_last_epochs=5, reward_power=3.0,
-      eval_batch_size=500, fast_compile=False))
+  c.child = ml_collections.ConfigDict(dict(executor="exact", **dataclasses.asdict(child.TrainConfig())))
   c.lm_child = ml_collections.ConfigDict(dict(
       dataclasses.asdict(lm.LMConfig()), reward_constant=80.0, vmap=True))
+  r, ctrl = reinforce.ReinforceConfig(), controller.ControllerConfig()
+  optional = {k: ml_collections.FieldReference(v, field_type=float)
+              for k, v in dataclasses.asdict(ctrl).items() if v is None}
   c.controller = ml_collections.ConfigDict(dict(
-      hidden_size=35, num_lstm_layers=2, init_scale=0.08, learning_rate=6e-4,
-      baseline_decay=0.95, entropy_weight=0.0,
-      temperature=ml_collections.FieldReference(None, field_type=float),
-      tanh_constant=ml_collections.FieldReference(None, field_type=float)))
+      {**dataclasses.asdict(ctrl), **optional}, learning_rate=r.learning_rate,
+      baseline_decay=r.baseline_decay, entropy_weight=r.entropy_weight))
   c.search = ml_collections.ConfigDict(dict(
       searcher="reinforce", num_steps=1600, children_per_step=8, keep_checkpoints=3,
       verbose=False))
@@ -134,7 +132,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not 0 <= values[name] < 1:
       raise ConfigError(f"config.{name}: must be in [0, 1), got {values[name]}")
   for name in (n for n in _NON_NEGATIVE if n in values):
-    if values[name] < 0:
+    if not (values[name] >= 0 and math.isfinite(values[name])):
       raise ConfigError(f"config.{name}: must be >= 0, got {values[name]}")
   for name in _POSITIVE:
     v = values[name]
@@ -158,6 +156,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     make_space(cfg.search_space)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.{e}" if str(e).startswith("search_space.") else str(e)) from None
+  if space == "cnn":
+    start, cap = values["search_space.start_layers"], values["search_space.max_layers"]
+    if cap and cap < start:
+      raise ConfigError(f"config.search_space.max_layers: {cap} is below start_layers ({start}); "
+                        "raise it or set 0 for no cap")
+    bad = [i for i in values["search_space.pool_after_layers"] if i < 0 or (cap and i >= cap)]
+    if bad:
+      raise ConfigError(f"config.search_space.pool_after_layers: layer indices {bad} are outside "
+                        f"the network (0..{(cap or start) - 1})")
   if not 0 <= values["controller.baseline_decay"] < 1:
     raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
                       f"{values['controller.baseline_decay']}")
@@ -172,25 +179,22 @@ def search_space(cfg):
   return make_space(cfg.search_space)
 
 
+def _fields(section, cls, **extra):
+  """Builds dataclass ``cls`` from the config section's fields of the same names."""
+  names = {f.name: f for f in dataclasses.fields(cls)}
+  vals = {k: section[k] for k in names if k in section and k not in extra}
+  vals = {k: float(v) if isinstance(names[k].default, float) and v is not None else v
+          for k, v in vals.items()}
+  return cls(**vals, **extra)
+
+
 def train_config(cfg) -> child.TrainConfig:
-  c = cfg.child
-  return child.TrainConfig(
-      epochs=c.epochs, batch_size=c.batch_size, learning_rate=float(c.learning_rate),
-      momentum=float(c.momentum), nesterov=c.nesterov, weight_decay=float(c.weight_decay),
-      reward_last_epochs=c.reward_last_epochs, reward_power=float(c.reward_power),
-      eval_batch_size=c.eval_batch_size, fast_compile=c.fast_compile)
+  return _fields(cfg.child, child.TrainConfig)
 
 
 def reinforce_config(cfg) -> reinforce.ReinforceConfig:
-  c = cfg.controller
-  opt = lambda v: None if v is None else float(v)
-  return reinforce.ReinforceConfig(
-      learning_rate=float(c.learning_rate), baseline_decay=float(c.baseline_decay),
-      entropy_weight=float(c.entropy_weight),
-      controller=controller.ControllerConfig(
-          hidden_size=c.hidden_size, num_lstm_layers=c.num_lstm_layers,
-          init_scale=float(c.init_scale), temperature=opt(c.temperature),
-          tanh_constant=opt(c.tanh_constant)))
+  ctrl = _fields(cfg.controller, controller.ControllerConfig)
+  return _fields(cfg.controller, reinforce.ReinforceConfig, controller=ctrl)
 
 
 def lm_child_config(cfg) -> lm.LMConfig:

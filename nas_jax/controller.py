@@ -40,6 +40,7 @@ class ControllerConfig:
     init_scale: weights are drawn from U(-init_scale, init_scale) (paper: 0.08).
     temperature: if set, logits are divided by it (off by default).
     tanh_constant: if set, logits become ``c * tanh(logits)`` (off by default).
+  Both options apply to the choice logits and to the skip-connection (anchor) logits alike.
   """
   hidden_size: int = 35
   num_lstm_layers: int = 2

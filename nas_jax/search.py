@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nas_jax import child, config as config_lib, data as data_lib, executors, searchers
+from nas_jax import analysis, child, config as config_lib, data as data_lib, executors, searchers
 from nas_jax.search_spaces import base
 
 
@@ -35,23 +35,15 @@ class WorkdirMismatchError(RuntimeError):
   """The workdir holds a run with a different config."""
 
 
+class ChildrenFailError(RuntimeError):
+  """Every child raised an exception: the search space or the data is broken."""
+
+
 @dataclasses.dataclass
 class SearchResult:
   best: dict[str, Any] | None
   num_evaluated: int
   workdir: str
-
-
-def _read_history(path: str) -> list[dict]:
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          break  # a line cut short by a kill: it and anything after are dropped
-  return rows
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -64,7 +56,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _check_workdir_config(workdir: str, cfg_json: dict) -> None:
-  """Refuses a workdir that belongs to another config; records the config in a new one."""
+  """Refuses a workdir that belongs to another config (reads only)."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -80,13 +72,8 @@ def _check_workdir_config(workdir: str, cfg_json: dict) -> None:
   elif os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise WorkdirMismatchError(f"workdir {workdir} has checkpoints but no config.json; "
                                "use a new --workdir")
-  else:
-    _write_atomic(path, json.dumps(cfg_json, indent=1, sort_keys=True))
 
 
-def best_row(rows: list[dict]) -> dict | None:
-  ok = [r for r in rows if not r["failed"]]
-  return max(ok, key=lambda r: r["reward"]) if ok else None
 
 
 def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
@@ -113,12 +100,19 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   config_lib.validate(cfg)
   space = space or config_lib.search_space(cfg)
   searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
-  os.makedirs(workdir, exist_ok=True)
   cfg_json = json.loads(json.dumps(config_lib.flatten(cfg)))  # tuples -> lists, as on disk
   cfg_json["search_space.class"] = type(space).__name__
   _check_workdir_config(workdir, cfg_json)
   if dataset is None:
-    dataset = executors.load_data(cfg)
+    try:
+      dataset = executors.load_data(cfg)
+    except ValueError as e:  # e.g. a validation split larger than the dataset
+      raise config_lib.ConfigError(str(e)) from None
+  # Only now, with config and data known good, does the workdir get written.
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    _write_atomic(config_path, json.dumps(cfg_json, indent=1, sort_keys=True))
   if evaluate_fn is not None:
     evaluate_batch_fn = lambda space, archs, dataset, keys: (
         evaluate_fn(space, a, dataset, k) for a, k in zip(archs, keys))
@@ -134,7 +128,8 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
-                                           enable_async_checkpointing=False))
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True))
   state = searcher.init(init_key, decisions)
   start = manager.latest_step() or 0
   if start:
@@ -145,7 +140,7 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
 
   # History: keep rows of finished steps; rows of the interrupted step are reused if they match.
   history_path = os.path.join(workdir, "history.jsonl")
-  rows = _read_history(history_path)
+  rows = analysis.read_history(history_path)
   kept = [r for r in rows if r["step"] < start]
   pending = {r["index"]: r for r in rows if r["step"] == start}
   _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -193,9 +188,8 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
       state, metrics = searcher.feedback(state, tokens, rewards, plan, decisions)
       t_controller += time.time() - t0
       manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-      best = best_row(kept)
-      _write_atomic(os.path.join(workdir, "summary.json"), json.dumps(
-          {"best": best, "num_evaluated": len(kept), "controller_steps": step + 1}, indent=1))
+      best = _write_summary(workdir, kept, step + 1, space)
+      _stop_if_every_child_raised(kept)
       elapsed = time.time() - t_start
       rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
       eta = (num_steps - step - 1) * m / (rate / 60) if rate else float("nan")
@@ -209,4 +203,21 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   finally:
     history.close()
     manager.close()
-  return SearchResult(best_row(kept), len(kept), workdir)
+  best = _write_summary(workdir, kept, max(start, num_steps), space)  # also after a kill at the end
+  return SearchResult(best, len(kept), workdir)
+
+
+def _write_summary(workdir: str, rows: list[dict], steps: int, space) -> dict | None:
+  best = analysis.best_row(rows)
+  fields = base.to_json(space) if dataclasses.is_dataclass(space) else {}
+  _write_atomic(os.path.join(workdir, "summary.json"), json.dumps(
+      {"best": best, "num_evaluated": len(rows), "controller_steps": steps,
+       "search_space": fields}, indent=1))
+  return best
+
+
+def _stop_if_every_child_raised(rows: list[dict]) -> None:
+  """A search space whose every child raises (not diverges) is a bug: stop, showing the error."""
+  if rows and all(r["failed"] and r["error"] and not r["error"].startswith("FloatingPointError")
+                  and "not finite" not in r["error"] for r in rows):
+    raise ChildrenFailError(f"every child so far failed; the first error:\n{rows[0]['error']}")

@@ -224,3 +224,27 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
 
 
 _NO_DATA = data.Dataset("none", *([np.zeros((1, 1), np.float32)] * 6), num_classes=2, augment=False)
+
+
+def test_a_space_whose_every_child_raises_stops_with_the_first_error(tmp_path):
+  def broken(space, arch, dataset, key):
+    return child.ChildResult(0.0, 0.0, (), 0, True, "ValueError: shapes (3,) and (4,) differ", 0.0)
+  with pytest.raises(search.ChildrenFailError, match="shapes \\(3,\\) and \\(4,\\) differ"):
+    search.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+                      evaluate_fn=broken)
+  assert len(read_rows(tmp_path)) == 4  # stopped after the first step
+
+
+def test_failed_data_loading_leaves_no_workdir_behind(tmp_path):
+  cfg = load_config("cnn_cifar10", "quick")
+  cfg.data.data_dir = str(tmp_path / "empty")
+  os.makedirs(cfg.data.data_dir)
+  with pytest.raises(data.DataUnavailableError):
+    search.run_search(cfg, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  # A bad split size is a config error naming the field, not a traceback.
+  cfg = load_config("cnn_digits", "quick")
+  cfg.data.num_validation = 5000
+  with pytest.raises(config_lib.ConfigError, match="num_validation"):
+    search.run_search(cfg, str(tmp_path / "w2"))
+  assert not (tmp_path / "w2").exists()
