@@ -11,6 +11,7 @@ search loop can record each child as soon as it is done):
 
 from __future__ import annotations
 
+import jax
 from absl import logging
 
 from nas_jax import cell_children, child, config as config_lib, data as data_lib, ptb
@@ -40,8 +41,15 @@ def make_evaluator(cfg):
 
   train_cfg = config_lib.train_config(cfg)
   log_fn = logging.info if cfg.search.verbose else None
+  on_device = {}  # id(dataset) -> the dataset's arrays on the device, copied once per search
 
   def evaluate_exact(space, archs, dataset, keys):
+    if id(dataset) not in on_device:
+      on_device.clear()
+      on_device[id(dataset)] = dataset._replace(**{
+          f: jax.device_put(getattr(dataset, f)) for f in dataset._fields
+          if f.endswith(("_images", "_labels"))})
+    dataset = on_device[id(dataset)]
     for arch, key in zip(archs, keys):
       yield child.evaluate(space.build(arch, dataset.num_classes), dataset, train_cfg, key,
                            log_fn=log_fn)
