@@ -51,8 +51,13 @@ def summarize(rows: list[dict], ks=(1, 5, 15)) -> dict:
          "distinct_architectures": len({json.dumps(r["arch"], sort_keys=True) for r in rows})}
   for k in ks:
     out[f"top{k}_mean_reward"] = top_k_mean(rewards, k)
+  ppls = sorted(r["val_ppl"] for r in rows if not r["failed"] and r.get("val_ppl") is not None)
+  if ppls:  # language-model children: the paper compares perplexities
+    out["best_val_ppl"] = ppls[0]
+    out["top5_mean_val_ppl"] = float(np.mean(ppls[:5]))
   best = best_row(rows)
   if best:
-    out["best_val_accuracy"] = best["val_accuracy"]
+    if "val_ppl" not in best:
+      out["best_val_accuracy"] = best["val_accuracy"]
     out["best_description"] = best["description"]
   return out

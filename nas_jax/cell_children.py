@@ -105,7 +105,8 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
     val_ppl = math.exp(min(float(val_nll[k]), 700.0))
     train_ppl = math.exp(min(float(train_nll[k]) / (cfg.batch_size * cfg.bptt), 700.0))
     failed = not (math.isfinite(float(val_nll[k])) and math.isfinite(float(train_nll[k])))
-    reward = 0.0 if failed else reward_constant / val_ppl ** 2
+    # c / ppl^2 = c * exp(-2 * nll): no overflow for children with astronomic perplexities.
+    reward = 0.0 if failed else reward_constant * math.exp(-2.0 * float(val_nll[k]))
     results.append(child.ChildResult(
         reward=reward, val_accuracy=0.0, val_accuracies=(), param_count=n_params, failed=failed,
         error="perplexity is not finite" if failed else "", seconds=seconds,

@@ -53,3 +53,22 @@ def test_quick_cell_search_writes_perplexities(tmp_path):
     assert set(r["arch"]) == {"nodes", "inject", "c_node", "inject_node"}
     assert len(r["arch"]["nodes"]) == 15
     assert r["val_ppl"] > 1 and np.isclose(r["reward"], 80.0 / r["val_ppl"] ** 2)
+
+
+def test_the_best_cell_of_a_search_can_be_retrained(tmp_path):
+  from nas_jax import analysis, lm_cells
+  cfg = load_config("rnn_ptb_cpu", "quick")
+  search.run_search(cfg, str(tmp_path))
+  rows = analysis.load_history(str(tmp_path))
+  stats = analysis.summarize(rows)
+  ppls = sorted(r["val_ppl"] for r in rows if not r["failed"])
+  assert stats["best_val_ppl"] == ppls[0]
+  assert np.isclose(stats["top5_mean_val_ppl"], np.mean(ppls[:5]))
+  cell, ops, desc = lm_cells.from_name(os.path.join(tmp_path, "summary.json"))
+  best = analysis.best_row(rows)
+  assert desc == best["description"]
+  corpus = ptb.load_ptb("char")
+  lm_cfg = lm.LMConfig(hidden_size=8, embed_size=8, epochs=1, max_train_tokens=2_000,
+                       max_eval_tokens=1_000)
+  result = lm.train(corpus, cell, lm_cfg, jax.random.key(0), ops=ops, evaluate_test=False)
+  assert np.isfinite(result.valid_ppl) and result.valid_ppl < len(corpus.vocab)
