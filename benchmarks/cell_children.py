@@ -28,7 +28,6 @@ def main(argv):
   del argv
   import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from nas_jax import cell_children, config as config_lib, ptb, searchers  # pylint: disable=g-import-not-at-top
   from nas_jax.search_spaces import rnn_cell  # pylint: disable=g-import-not-at-top
 

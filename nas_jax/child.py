@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import time
 import traceback
-from typing import Any, Hashable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

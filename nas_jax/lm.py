@@ -246,8 +246,7 @@ def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=
   for epoch in range(1, cfg.epochs + 1):
     lr = learning_rate(cfg, epoch)
     carry = init_carry(cell, cfg, cfg.batch_size)
-    t0, total, count = time.time(), 0.0, 0
-    nlls = []
+    t0, count, nlls = time.time(), 0, []
     for x, y in ptb.segments(stream, cfg.bptt):
       k = jax.random.fold_in(drop_key, step) if use_dropout else None
       params, carry, nll = train_step(params, ops, carry, x, y, lr, k)

@@ -69,8 +69,7 @@ def from_name(name: str, init_scale: float = 0.1):
     space_fields = summary.get("search_space", {})
     space = rnn_cell.RNNCellSpace(**{k: tuple(v) if isinstance(v, list) else v
                                      for k, v in space_fields.items() if k != "name"})
-    arch = rnn_cell.CellArch.from_json(best["arch"]) if hasattr(rnn_cell.CellArch, "from_json") \
-        else space.decode(space.plan(space.base), best["tokens"])
+    arch = space.decode(space.plan(), best["tokens"])
     return searched_lm_cell(space, init_scale), jnp.asarray(space.ops(arch)), space.describe(arch)
   raise ValueError(f"config.cell: unknown cell {name!r}; use 'lstm', 'nascell' or the path of a "
                    "cell search's summary.json")

@@ -2,7 +2,6 @@
 
 import flax.linen as nn
 import jax
-import numpy as np
 import pytest
 
 from nas_jax import child, data

@@ -89,7 +89,7 @@ def test_quick_digits_search_writes_workdir(tmp_path, digits):
 def test_interrupted_search_resumes_to_the_same_history(tmp_path):
   cfg = fake_config(steps=6)
   whole = tmp_path / "whole"
-  search.run_search(cfg, str(whole), space=MLPSpace(), dataset=None or _NO_DATA,
+  search.run_search(cfg, str(whole), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   broken = tmp_path / "broken"
   for crash_after in (5, 3, 6):  # interrupted three times, mid-step and at step ends
