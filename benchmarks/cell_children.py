@@ -3,7 +3,7 @@
   python benchmarks/cell_children.py [--m 8] [--rounds 2] [--json benchmarks/results/cell_children.json]
 
 Trains the same m random base-8 cells (the CPU search configuration of
-``experiments/configs/rnn_ptb_cpu.py``: 2-layer LMs, hidden 32, 40k training tokens, 8k validation
+``experiments/configs/rnn_ptb_cpu.py``: 2-layer LMs, hidden 32, 80k training tokens, 8k validation
 tokens; ``--level word`` for word-level children) twice per round: all together under
 ``jax.vmap`` and one after another, after a warm-up that compiles both paths. Prints a table and
 writes JSON. Both paths compute the same functions (tests/test_cell_children.py checks equal

@@ -3,14 +3,20 @@
   python benchmarks/lm_throughput.py [--segments 150] [--rounds 2] [--json benchmarks/results/lm_throughput.json]
 
 Both train Zaremba et al.'s small configuration (2x200 LSTM, vocab 10k, batch 20, BPTT 20, SGD with
-clipping, loss summed over time / batch) on the same PTB segments, one after the other, repeated
-``--rounds`` times (the medians are reported), after a warm-up. PyTorch is measured only when it is
-installed (``pip install torch``); it is not a dependency of nas_jax.
+clipping, loss summed over time / batch) on the same PTB segments. Each measurement is a fresh
+process of this script (``--worker``) that loads, compiles, warms up and times ``--segments``
+segments, so neither library's threads or heap disturb the other; the processes alternate,
+``--rounds`` times, and medians are reported. Every implementation is measured with glibc's default
+allocator settings and with ``nas_jax.runtime.tune_malloc()`` (heap kept, no mmap per large
+buffer), which both libraries profit from. PyTorch is measured only when it is installed (``pip
+install torch``); it is not a dependency of nas_jax. On a GPU machine both run on the GPU.
 """
 
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -18,6 +24,10 @@ from absl import app, flags
 _SEGMENTS = flags.DEFINE_integer("segments", 150, "Timed training segments per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternating rounds.")
 _HIDDEN = flags.DEFINE_integer("hidden", 200, "Hidden and embedding size.")
+_IMPLS = flags.DEFINE_list("implementations", ["jax", "torch"], "Which to run: jax, torch.")
+_WORKER = flags.DEFINE_enum("worker", None, ["jax", "torch"], "Internal: measure one "
+                            "implementation in this process and print its tokens/s as JSON.")
+_TUNE = flags.DEFINE_bool("tune_malloc", False, "Internal (with --worker): tune_malloc() first.")
 _JSON = flags.DEFINE_string("json", "benchmarks/results/lm_throughput.json", "Output JSON.")
 
 
@@ -70,11 +80,12 @@ def torch_runner(corpus, hidden, segments):
       h, state = self.lstm(self.embed(x), state)
       return self.out(h), state
 
-  model = Model()
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = Model().to(device)
   opt = torch.optim.SGD(model.parameters(), lr=1.0)
   segs = list(ptb.segments(ptb.batchify(corpus.train, batch), bptt))[:segments + 5]
-  segs = [(torch.from_numpy(x.T.copy()).long(), torch.from_numpy(y.T.copy()).long())
-          for x, y in segs]
+  segs = [(torch.from_numpy(x.T.copy()).long().to(device),
+           torch.from_numpy(y.T.copy()).long().to(device)) for x, y in segs]
   state = [None]
 
   def run(batches):
@@ -90,6 +101,8 @@ def torch_runner(corpus, hidden, segments):
       nn.utils.clip_grad_norm_(model.parameters(), 5.0)
       opt.step()
       state[0] = st
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   run(segs[:5])
   def timed():
@@ -99,31 +112,71 @@ def torch_runner(corpus, hidden, segments):
   return timed
 
 
-def main(argv):
-  del argv
+def worker(impl: str) -> None:
+  """Measures one implementation in this process; prints {"tokens_per_sec": ...} as JSON."""
+  if _TUNE.value:
+    from nas_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.tune_malloc()
   from nas_jax import ptb  # pylint: disable=g-import-not-at-top
   corpus = ptb.load_ptb("word")
-  runners = {"nas_jax (JAX)": jax_runner(corpus, _HIDDEN.value, _SEGMENTS.value)}
-  t = torch_runner(corpus, _HIDDEN.value, _SEGMENTS.value)
-  if t is not None:
-    runners["PyTorch nn.LSTM"] = t
-  rates = {name: [] for name in runners}
+  make = jax_runner if impl == "jax" else torch_runner
+  timed = make(corpus, _HIDDEN.value, _SEGMENTS.value)
+  if timed is None:
+    print(json.dumps({"tokens_per_sec": None}))
+    return
+  device = ""
+  if impl == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    device = str(jax.devices()[0].device_kind)
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+  print(json.dumps({"tokens_per_sec": timed(), "device": device}))
+
+
+NAMES = {"jax": "nas_jax (JAX)", "torch": "PyTorch nn.LSTM"}
+SETTINGS = {"default": False, "tune_malloc": True}
+
+
+def measure(impl: str, tune: bool) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={impl}",
+         f"--segments={_SEGMENTS.value}", f"--hidden={_HIDDEN.value}",
+         "--tune_malloc" if tune else "--notune_malloc"]
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    worker(_WORKER.value)
+    return
+  impls = [i for i in ("jax", "torch") if i in _IMPLS.value]
+  rates = {(i, s): [] for i in impls for s in SETTINGS}
+  devices = {}
   for _ in range(_ROUNDS.value):
-    for name, timed in runners.items():
-      rates[name].append(timed())
-  results = {name: {"tokens_per_sec_median": statistics.median(r), "runs": r}
-             for name, r in rates.items()}
+    for setting, tune in SETTINGS.items():
+      for impl in impls:
+        r = measure(impl, tune)
+        if r["tokens_per_sec"] is not None:
+          rates[(impl, setting)].append(r["tokens_per_sec"])
+          devices[impl] = r["device"]
+  rates = {k: v for k, v in rates.items() if v}
+  results = {"segments": _SEGMENTS.value, "rounds": _ROUNDS.value, "devices": devices,
+             "tokens_per_sec": {f"{impl}/{setting}": {"median": statistics.median(r), "runs": r}
+                                for (impl, setting), r in rates.items()}}
   print(f"PTB small LM (2x{_HIDDEN.value} LSTM, batch 20, BPTT 20), {_SEGMENTS.value} segments x "
-        f"{_ROUNDS.value} rounds")
-  print("| implementation | tokens/s (median) | runs |")
-  print("|---|---|---|")
-  for name, r in results.items():
-    print(f"| {name} | {r['tokens_per_sec_median']:.0f} | "
-          + ", ".join(f"{x:.0f}" for x in r["runs"]) + " |")
-  if len(results) == 2:
-    a, b = (r["tokens_per_sec_median"] for r in results.values())
-    print(f"ratio nas_jax / PyTorch: {a / b:.2f}")
-    results["ratio_jax_over_torch"] = a / b
+        f"{_ROUNDS.value} rounds, one process per measurement; devices: {devices}")
+  print("| implementation | allocator | tokens/s (median) | runs |")
+  print("|---|---|---|---|")
+  for (impl, setting), r in rates.items():
+    print(f"| {NAMES[impl]} | {setting} | {statistics.median(r):.0f} | "
+          + ", ".join(f"{x:.0f}" for x in r) + " |")
+  for setting in SETTINGS:
+    if ("jax", setting) in rates and ("torch", setting) in rates:
+      ratio = statistics.median(rates[("jax", setting)]) / statistics.median(rates[("torch", setting)])
+      results[f"ratio_jax_over_torch/{setting}"] = ratio
+      print(f"ratio nas_jax / PyTorch ({setting}): {ratio:.2f}")
   if _JSON.value:
     os.makedirs(os.path.dirname(_JSON.value) or ".", exist_ok=True)
     with open(_JSON.value, "w") as f:

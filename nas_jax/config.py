@@ -59,7 +59,7 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search.keep_checkpoints", "search_space.base", "lm_child.num_layers",
                  "lm_child.hidden_size", "lm_child.embed_size", "lm_child.batch_size",
                  "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
-                 "lm_child.test_batch_size")
+                 "lm_child.test_batch_size", "lm_child.scan_unroll")
 _NON_NEGATIVE = ("search_space.layers_increment", "search_space.max_layers", "data.num_validation",
                  "data.max_train", "child.weight_decay", "controller.entropy_weight",
                  "lm_child.decay_after_epoch", "lm_child.max_train_tokens",

@@ -98,6 +98,9 @@ class LMConfig:
   test_batch_size: int = 1
   max_train_tokens: int = 0         # 0 = the whole training set per epoch (a CPU search budget otherwise)
   max_eval_tokens: int = 0          # 0 = the whole validation set
+  remat_cell: bool = False           # recompute each cell step in the backward pass (jax.checkpoint)
+  project_in_scan: bool = False     # input projection per time step inside the scan (not all at once)
+  scan_unroll: int = 1              # time steps per iteration of the compiled loop (lax.scan unroll)
 
 
 def init_params(key, vocab_size: int, cell: Cell, cfg: LMConfig):
@@ -122,26 +125,49 @@ def _mask(key, shape, rate):
   return jax.random.bernoulli(key, 1 - rate, shape).astype(jnp.float32) / (1 - rate)
 
 
-def apply(params, ops, carry, inputs_BxT, cell: Cell, cfg: LMConfig, key=None):
-  """Runs the LM over one segment. Returns (logits_TxBxV, new carry). key=None: no dropout."""
-  b, t = inputs_BxT.shape
-  keys = list(jax.random.split(key, 2 * cfg.num_layers + 3)) if key is not None else [None] * (
-      2 * cfg.num_layers + 3)
-  embed = params["embed"]
+def _keys(key, cfg: LMConfig) -> list:
+  """The dropout keys of one segment; the last one is the embedding's (word-type dropout)."""
+  n = 2 * cfg.num_layers + 3
+  return list(jax.random.split(key, n)) if key is not None else [None] * n
+
+
+def _embed_mask(key, vocab_size: int, cfg: LMConfig):
+  """(V, 1) word-type dropout mask (Gal), or None."""
   if cfg.embed_dropout > 0 and key is not None:
-    embed = embed * _mask(keys.pop(), (embed.shape[0], 1), cfg.embed_dropout)
+    return _mask(key, (vocab_size, 1), cfg.embed_dropout)
+  return None
+
+
+def apply(params, ops, carry, inputs_BxT, cell: Cell, cfg: LMConfig, key=None, embedded=None):
+  """Runs the LM over one segment. Returns (logits_TxBxV, new carry). key=None: no dropout.
+
+  ``embedded`` (T x B x E), if given, replaces the embedding lookup (word-type dropout already
+  applied): the train step differentiates with respect to the looked-up rows.
+  """
+  b, t = inputs_BxT.shape
+  keys = _keys(key, cfg)
+  embed_key = keys.pop()
+  if embedded is None:
+    embed = params["embed"]
+    mask = _embed_mask(embed_key, embed.shape[0], cfg)
+    x = (embed if mask is None else embed * mask)[inputs_BxT.T]  # T x B x E
   else:
-    keys.pop()
-  x = embed[inputs_BxT.T]  # T x B x E
+    x = embedded
   var = cfg.variational
   new_carry = []
   for l, layer_params in enumerate(params["layers"]):
     in_shape = (1,) + x.shape[1:] if var else x.shape
     x = x * _mask(keys.pop(), in_shape, cfg.dropout)
     h_mask = _mask(keys.pop(), (b, cfg.hidden_size), cfg.dropout if var else 0.0)
-    xp = cell.project(layer_params, x)
-    step = lambda c, xp_t: cell.step(layer_params, ops, c, xp_t, h_mask)
-    c, x = jax.lax.scan(step, carry[l], xp)
+    if cfg.project_in_scan:
+      xp = x
+      step = lambda c, x_t: cell.step(layer_params, ops, c, cell.project(layer_params, x_t), h_mask)
+    else:
+      xp = cell.project(layer_params, x)
+      step = lambda c, xp_t: cell.step(layer_params, ops, c, xp_t, h_mask)
+    if cfg.remat_cell:
+      step = jax.checkpoint(step)
+    c, x = jax.lax.scan(step, carry[l], xp, unroll=cfg.scan_unroll)
     new_carry.append(c)
   out_shape = (1,) + x.shape[1:] if var else x.shape
   x = x * _mask(keys.pop(), out_shape, cfg.dropout)
@@ -158,27 +184,66 @@ def _nll_sum(logits_TxBxV, targets_BxT):
   return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_logit)
 
 
-def make_train_step(cell: Cell, cfg: LMConfig):
+def make_train_step(cell: Cell, cfg: LMConfig, sparse_embedding: bool | None = None):
   """(params, ops, carry, inputs, targets, lr, key) -> (params, carry, nll_sum).
 
   The loss is Zaremba et al.'s: summed over time steps, averaged over the batch; SGD with the
   gradient clipped to global norm ``max_grad_norm``. Not jitted: jit (or vmap, then jit) it.
-  """
 
-  def train_step(params, ops, carry, inputs, targets, lr, key):
+  With an untied embedding the step never forms the dense (V x E) embedding gradient: it takes the
+  gradient of the B*T looked-up rows, sums the rows of each distinct word (that sum *is* the dense
+  gradient's row, so the clipping norm is unchanged) and adds the update to those rows only
+  (``sparse_embedding``: default True unless the embedding is tied to the softmax).
+  """
+  if sparse_embedding is None:
+    sparse_embedding = not cfg.tie_embeddings
+  if sparse_embedding and cfg.tie_embeddings:
+    raise ValueError("sparse_embedding=True needs an untied embedding (tie_embeddings=False)")
+
+  def clip_scale(sq_norm):
+    return jnp.minimum(1.0, cfg.max_grad_norm / (jnp.sqrt(sq_norm) + 1e-6))
+
+  def dense_step(params, ops, carry, inputs, targets, lr, key):
     def loss_fn(p):
       logits, new_carry = apply(p, ops, carry, inputs, cell, cfg, key)
       nll = _nll_sum(logits, targets)
       return nll / inputs.shape[0], (new_carry, nll)
 
     grads, (new_carry, nll) = jax.grad(loss_fn, has_aux=True)(params)
-    norm = optax.tree.norm(grads)
-    scale = jnp.minimum(1.0, cfg.max_grad_norm / (norm + 1e-6))
+    scale = clip_scale(optax.tree.norm(grads, squared=True))
     params = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
-    new_carry = jax.tree.map(jax.lax.stop_gradient, new_carry)
-    return params, new_carry, nll
+    return params, jax.tree.map(jax.lax.stop_gradient, new_carry), nll
 
-  return train_step
+  def sparse_step(params, ops, carry, inputs, targets, lr, key):
+    embed = params["embed"]
+    ids = inputs.T                                              # T x B
+    mask = _embed_mask(_keys(key, cfg)[-1], embed.shape[0], cfg)
+    row_mask = None if mask is None else mask[ids]              # T x B x 1
+    rows = embed[ids] if row_mask is None else embed[ids] * row_mask
+    rest = {k: v for k, v in params.items() if k != "embed"}
+
+    def loss_fn(p, x):
+      logits, new_carry = apply({**p, "embed": embed}, ops, carry, inputs, cell, cfg, key,
+                                embedded=x)
+      nll = _nll_sum(logits, targets)
+      return nll / inputs.shape[0], (new_carry, nll)
+
+    (g_rest, g_rows), (new_carry, nll) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(rest, rows)
+    if row_mask is not None:
+      g_rows = g_rows * row_mask
+    # One row per distinct word: the dense gradient's nonzero rows (padding ids are out of range).
+    flat_ids = ids.reshape(-1)
+    uniq, inverse = jnp.unique(flat_ids, size=flat_ids.shape[0], fill_value=embed.shape[0],
+                               return_inverse=True)
+    g_uniq = jax.ops.segment_sum(g_rows.reshape(flat_ids.shape[0], -1), inverse.reshape(-1),
+                                 num_segments=flat_ids.shape[0])
+    sq_norm = optax.tree.norm(g_rest, squared=True) + jnp.sum(g_uniq * g_uniq)
+    scale = clip_scale(sq_norm)
+    new = jax.tree.map(lambda p, g: p - lr * scale * g, rest, g_rest)
+    new["embed"] = embed.at[uniq].add(-lr * scale * g_uniq, mode="drop")
+    return new, jax.tree.map(jax.lax.stop_gradient, new_carry), nll
+
+  return sparse_step if sparse_embedding else dense_step
 
 
 def make_eval_step(cell: Cell, cfg: LMConfig):

@@ -5,6 +5,9 @@ searcher. Everything a run produces lives in its workdir:
 
 * ``config.json``: the config the workdir belongs to (a different one is refused);
 * ``history.jsonl``: one line per evaluated architecture (written as soon as it is evaluated);
+* ``steps.jsonl``: one line per controller step: reward mean/max, the controller's loss, entropy
+  and baseline, and where the step's wall time went (``controller_seconds`` for sampling and the
+  update, ``children_seconds``, ``save_seconds``, ``seconds`` in all);
 * ``checkpoints/``: orbax checkpoints of the searcher state after each controller step;
 * ``summary.json``: the best architecture so far and its reward.
 
@@ -145,11 +148,17 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   pending = {r["index"]: r for r in rows if r["step"] == start}
   _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept))
   history = open(history_path, "a")
+  # Per controller step: where the time went and the controller's metrics (steps.jsonl).
+  steps_path = os.path.join(workdir, "steps.jsonl")
+  step_rows = [r for r in analysis.read_history(steps_path) if r["step"] < start]
+  _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
+  steps_log = open(steps_path, "a")
 
   num_steps = cfg.search.num_steps
   t_start, done_here = time.time(), 0
   try:
     for step in range(start, num_steps):
+      t_step = time.time()
       num_layers = space.num_layers(step * m)
       plan = space.plan(num_layers)
       t0 = time.time()
@@ -164,6 +173,7 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
           old = pending.get(k)
           rows[k] = old if old is not None and old["tokens"] == tokens[k].tolist() else None
       todo = [k for k in range(m) if rows[k] is None]
+      t_children = time.time()
       results = iter(evaluate_batch_fn(space, [archs[k] for k in todo], dataset,
                                        [jax.random.fold_in(child_key, step * m + k) for k in todo]))
       for k in range(m):
@@ -185,10 +195,21 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
         rewards[k] = rows[k]["reward"]
       os.fsync(history.fileno())
       t0 = time.time()
+      t_children = t0 - t_children
       state, metrics = searcher.feedback(state, tokens, rewards, plan, decisions)
+      metrics = {k: float(v) for k, v in metrics.items()}
       t_controller += time.time() - t0
+      t0 = time.time()
       manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
       best = _write_summary(workdir, kept, step + 1, space)
+      steps_log.write(json.dumps({
+          "step": step, "num_layers": num_layers, "children": len(todo),
+          "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
+          "entropy": float(info["entropy"]), **metrics,
+          "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
+          "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)})
+          + "\n")
+      steps_log.flush()
       _stop_if_every_child_raised(kept)
       elapsed = time.time() - t_start
       rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
@@ -202,6 +223,7 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
           best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
   finally:
     history.close()
+    steps_log.close()
     manager.close()
   best = _write_summary(workdir, kept, max(start, num_steps), space)  # also after a kill at the end
   return SearchResult(best, len(kept), workdir)

@@ -111,3 +111,33 @@ def test_real_ptb_quick_training_beats_a_unigram_far_below_uniform():
   result = lm.train(corpus, lm.lstm_cell(), cfg, jax.random.key(0), evaluate_test=False)
   assert math.isfinite(result.valid_ppl)
   assert result.valid_ppl < 2000  # uniform over the 10k vocabulary is 10000
+
+
+@pytest.mark.parametrize("max_grad_norm", [5.0, 0.01])   # 0.01: clipping is active
+@pytest.mark.parametrize("regularised", [False, True])
+def test_sparse_embedding_update_equals_the_dense_gradient_step(max_grad_norm, regularised):
+  # Repeated words in the segment: their rows' gradients must be summed exactly as in the dense
+  # (V x E) gradient, and the clipping norm must count each word once.
+  cfg = lm.LMConfig(hidden_size=16, embed_size=12, bptt=7, batch_size=3,
+                    max_grad_norm=max_grad_norm, embed_dropout=0.3 if regularised else 0.0,
+                    dropout=0.2 if regularised else 0.0, variational=regularised)
+  cell, vocab = lm.lstm_cell(), 11
+  params = lm.init_params(jax.random.key(0), vocab, cell, cfg)
+  x = jnp.asarray(np.random.RandomState(0).randint(0, 5, (3, 7)))   # 21 tokens, 5 distinct words
+  y = jnp.roll(x, 1)
+  carry = lm.init_carry(cell, cfg, 3)
+  ops = jnp.zeros((0,), jnp.int32)
+  outs = [jax.jit(lm.make_train_step(cell, cfg, sparse_embedding=s))(
+      params, ops, carry, x, y, 1.0, jax.random.key(3)) for s in (False, True)]
+  for dense, sparse in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+    np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-7)
+  changed = np.any(outs[1][0]["embed"] != params["embed"], axis=1)
+  in_segment = np.isin(np.arange(vocab), np.asarray(x))
+  assert not np.any(changed & ~in_segment)                # only the segment's words move ...
+  if not regularised:                                     # ... all of them (word dropout may drop some)
+    np.testing.assert_array_equal(changed, in_segment)
+
+
+def test_sparse_embedding_needs_an_untied_embedding():
+  with pytest.raises(ValueError, match="tie_embeddings"):
+    lm.make_train_step(lm.lstm_cell(), lm.LMConfig(tie_embeddings=True), sparse_embedding=True)

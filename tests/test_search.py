@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nas_jax import child, config as config_lib, data, search
+from nas_jax import analysis, child, config as config_lib, data, search
 
 from toy_space import MLPSpace
 
@@ -84,6 +84,12 @@ def test_quick_digits_search_writes_workdir(tmp_path, digits):
   assert summary["num_evaluated"] == len(rows)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == [str(s) for s in
                                                           range(1, cfg.search.num_steps + 1)]
+  steps = analysis.read_history(str(tmp_path / "steps.jsonl"))
+  assert [s["step"] for s in steps] == list(range(cfg.search.num_steps))
+  for s in steps:
+    assert s["children"] == m and 0 < s["controller_seconds"] < s["seconds"]
+    assert s["children_seconds"] + s["controller_seconds"] + s["save_seconds"] <= s["seconds"]
+    assert s["reward_max"] == pytest.approx(max(r["reward"] for r in rows if r["step"] == s["step"]))
 
 
 def test_interrupted_search_resumes_to_the_same_history(tmp_path):
@@ -100,6 +106,8 @@ def test_interrupted_search_resumes_to_the_same_history(tmp_path):
                     evaluate_fn=FakeEvaluator())
   assert comparable(read_rows(broken)) == comparable(read_rows(whole))
   assert len(read_rows(whole)) == 24
+  steps = analysis.read_history(str(broken / "steps.jsonl"))
+  assert [s["step"] for s in steps] == list(range(6))   # no step logged twice after the resumes
 
 
 def test_controller_learns_and_beats_random_search_on_a_fake_reward(tmp_path):

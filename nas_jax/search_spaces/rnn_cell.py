@@ -403,19 +403,17 @@ def cell_step(params: Params, ops, carry, xw, *, combinations: Sequence[str] = C
     lv = slice(start, start + count)
     pre = _combine(comb_pos[lv][:, None], combinations, left, right)
     out = _activate(a_kind[lv][:, None], a_scale[lv][:, None], a_shift[lv][:, None], acts, pre)
-    # Cell inject into this level's node inj_node (if it is in this level).
-    k = jnp.clip(inj_node - start, 0, count - 1)
-    picked = jax.lax.dynamic_index_in_dim(out, k, axis=out.ndim - 2, keepdims=True)
+    # Cell inject into this level's node inj_node (if it is in this level), and c_t: the
+    # pre-activation of node c_node. One-hot masks rather than dynamic indexing: under vmap the
+    # node indices are batched, and a batched dynamic index becomes gather/scatter (slow on CPU).
+    inj_sel = (jnp.arange(count) == inj_node - start)[:, None]       # all False off this level
+    picked = jnp.sum(jnp.where(inj_sel, out, 0.0), axis=-2, keepdims=True)
     merged = _combine(comb_pos[n], combinations, picked, c_prev_n)
     injected = _activate(a_kind[n], a_scale[n], a_shift[n], acts, merged)
-    inj_here = (inj_node >= start) & (inj_node < start + count)
-    out = jax.lax.dynamic_update_index_in_dim(out, jnp.where(inj_here, injected, picked), k,
-                                              axis=out.ndim - 2)
-    # c_t: the pre-activation of node c_node (if it is in this level).
-    c_here = jax.lax.dynamic_index_in_dim(pre, jnp.clip(c_node - start, 0, count - 1),
-                                          axis=pre.ndim - 2, keepdims=False)
-    in_level = (c_node >= start) & (c_node < start + count)
-    c_new = c_here if c_new is None else jnp.where(in_level, c_here, c_new)
+    out = jnp.where(inj_sel, injected, out)
+    c_sel = (jnp.arange(count) == c_node - start)[:, None]
+    c_here = jnp.sum(jnp.where(c_sel, pre, 0.0), axis=-2)
+    c_new = c_here if c_new is None else c_new + c_here
 
   h_new = out[..., 0, :]
   return (c_new, h_new), h_new
