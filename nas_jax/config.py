@@ -32,7 +32,8 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
       level="word"))
   space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])}
   c.search_space = ml_collections.ConfigDict(dict(space_fields, name=space))
-  c.child = ml_collections.ConfigDict(dict(executor="exact", **dataclasses.asdict(child.TrainConfig())))
+  c.child = ml_collections.ConfigDict(dict(executor="exact", num_devices=0,
+                                           **dataclasses.asdict(child.TrainConfig())))
   c.lm_child = ml_collections.ConfigDict(dict(
       dataclasses.asdict(lm.LMConfig()), reward_constant=80.0, vmap=True))
   r, ctrl = reinforce.ReinforceConfig(), controller.ControllerConfig()
@@ -50,7 +51,7 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("search.num_steps", "search.keep_checkpoints", "search.verbose",
-                     "data.data_dir")
+                     "data.data_dir", "child.num_devices")
 
 _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search_space.convs_per_layer", "child.epochs", "child.batch_size",
@@ -60,7 +61,8 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "lm_child.hidden_size", "lm_child.embed_size", "lm_child.batch_size",
                  "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
                  "lm_child.test_batch_size", "lm_child.scan_unroll")
-_NON_NEGATIVE = ("search_space.layers_increment", "search_space.max_layers", "data.num_validation",
+_NON_NEGATIVE = ("child.num_devices", "search_space.layers_increment", "search_space.max_layers",
+                 "data.num_validation",
                  "data.max_train", "child.weight_decay", "controller.entropy_weight",
                  "lm_child.decay_after_epoch", "lm_child.max_train_tokens",
                  "lm_child.max_eval_tokens")
@@ -72,7 +74,7 @@ _POSITIVE = ("child.learning_rate", "child.reward_power", "controller.init_scale
 _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
                  "search_space.num_filters", "search_space.strides", "search_space.combinations",
                  "search_space.activations")
-_ENUMS = {"child.executor": ("exact",), "search.searcher": ("reinforce", "random"),
+_ENUMS = {"child.executor": ("exact", "vmap"), "search.searcher": ("reinforce", "random"),
           "data.level": ("word", "char")}
 _DATA_FOR_SPACE = {"cnn": ("digits", "cifar10"), "rnn_cell": ("ptb",)}
 

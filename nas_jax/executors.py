@@ -3,13 +3,17 @@
 An executor is ``(space, archs, dataset, keys) -> iterable of ChildResult`` (in order, so the
 search loop can record each child as soon as it is done):
 
-* ``exact`` (CNN spaces): one child at a time, each compiled at its exact shapes and cached
-  (``nas_jax.child``);
+* ``exact`` (CNN spaces): each child compiled at its exact shapes and cached (``nas_jax.child``);
+  with several local devices (``config.child.num_devices``: 0 = all) the children of a step are
+  spread over them, one Python thread per device dispatching its children asynchronously (JAX
+  releases the GIL while a device computes), and the results come back in order;
 * cell spaces: all m language models of a step in one vmapped program
   (``nas_jax.cell_children``; ``config.lm_child.vmap=False`` trains them one after another).
 """
 
 from __future__ import annotations
+
+import concurrent.futures
 
 import jax
 from absl import logging
@@ -41,16 +45,40 @@ def make_evaluator(cfg):
 
   train_cfg = config_lib.train_config(cfg)
   log_fn = logging.info if cfg.search.verbose else None
-  on_device = {}  # id(dataset) -> the dataset's arrays on the device, copied once per search
+  devices = local_devices(cfg.child.num_devices)
+  on_device = {}  # (id(dataset), device) -> the dataset's arrays there, copied once per search
+  pool = (concurrent.futures.ThreadPoolExecutor(len(devices), thread_name_prefix="child")
+          if len(devices) > 1 else None)
+
+  def placed(dataset, device):
+    if (id(dataset), device) not in on_device:
+      if any(k[0] != id(dataset) for k in on_device):
+        on_device.clear()
+      on_device[(id(dataset), device)] = dataset._replace(**{
+          f: jax.device_put(getattr(dataset, f), device) for f in dataset._fields
+          if f.endswith(("_images", "_labels"))})
+    return on_device[(id(dataset), device)]
 
   def evaluate_exact(space, archs, dataset, keys):
-    if id(dataset) not in on_device:
-      on_device.clear()
-      on_device[id(dataset)] = dataset._replace(**{
-          f: jax.device_put(getattr(dataset, f)) for f in dataset._fields
-          if f.endswith(("_images", "_labels"))})
-    dataset = on_device[id(dataset)]
-    for arch, key in zip(archs, keys):
-      yield child.evaluate(space.build(arch, dataset.num_classes), dataset, train_cfg, key,
-                           log_fn=log_fn)
+    jobs = [(space.build(arch, dataset.num_classes), placed(dataset, devices[k % len(devices)]),
+             key) for k, (arch, key) in enumerate(zip(archs, keys))]
+    if pool is None:
+      for model, data, key in jobs:
+        yield child.evaluate(model, data, train_cfg, key, log_fn=log_fn)
+      return
+    futures = [pool.submit(child.evaluate, model, data, train_cfg, key, log_fn=log_fn)
+               for model, data, key in jobs]
+    for k, f in enumerate(futures):  # in order, so the search records each child at once
+      r = f.result()
+      yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[k % len(devices)])})
   return evaluate_exact
+
+
+def local_devices(num_devices: int = 0) -> list:
+  """The first ``num_devices`` local devices (0: all of them)."""
+  devices = jax.local_devices()
+  if num_devices > len(devices):
+    raise config_lib.ConfigError(
+        f"config.child.num_devices: {num_devices} asked for, this process has {len(devices)} "
+        f"({devices[0].platform}); use 0 for all of them")
+  return devices[:num_devices or len(devices)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nas_jax.search_spaces import CNNArch, CNNSpace, Layer, base, make_space
-from nas_jax.search_spaces.cnn import concat_padded
+from nas_jax.search_spaces.cnn import arch_from_json, concat_padded
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))   # batch 2 of 8x8, 3 channels
 
@@ -303,3 +303,15 @@ def test_arch_is_hashable_and_json_friendly():
   assert json.loads(base.SearchSpace.describe(space, a)) == js
   # numpy scalars inside a spec are converted too
   assert base.to_json((np.int32(3), np.float32(0.5))) == [3, 0.5]
+
+
+def test_arch_json_round_trip_and_history_rows():
+  space = CNNSpace(predict_strides=True, pool_after_layers=(1,), convs_per_layer=2)
+  plan = space.plan(4)
+  tokens = np.asarray(jax.random.randint(jax.random.key(3), (base.num_tokens(plan),), 0, 2))
+  arch = space.decode(plan, tokens)
+  as_json = json.loads(json.dumps(base.to_json(arch)))
+  assert arch_from_json(as_json) == arch
+  assert arch_from_json({"step": 0, "arch": as_json}) == arch
+  with pytest.raises(ValueError, match="history's JSON form"):
+    arch_from_json({"layers": [{"filter_height": 3}]})

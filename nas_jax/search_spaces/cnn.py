@@ -117,6 +117,18 @@ class CNNSpace(base.SearchSpace):
     return " ".join(parts)
 
 
+def arch_from_json(obj) -> CNNArch:
+  """The inverse of ``base.to_json`` for a CNNArch; also takes a history row (its ``arch``)."""
+  if isinstance(obj, dict) and "arch" in obj:
+    obj = obj["arch"]
+  try:
+    layers = tuple(Layer(**{**l, "inputs": tuple(l["inputs"])}) for l in obj["layers"])
+    return CNNArch(layers, int(obj.get("convs_per_layer", 1)),
+                   tuple(obj.get("pool_after_layers", ())))
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"not a CNN architecture in the history's JSON form ({e!r}): {obj!r:.200}") from None
+
+
 def concat_padded(xs: Sequence[jnp.ndarray]) -> jnp.ndarray:
   """Concatenates NHWC tensors on depth, zero-padding smaller ones bottom/right (rule 3)."""
   if len(xs) == 1:
