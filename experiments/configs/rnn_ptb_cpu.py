@@ -7,7 +7,7 @@
 Base-8 cells; each child a 2-layer character-level LM (hidden size 32) trained on a budget of
 80,000 characters of PTB's training text (one pass, batch 20, BPTT 20) and scored on a fixed
 8,000-character slice of the validation set; reward 80 / ppl^2 (the paper's reward, on character
-perplexities). 150 controller steps x 8 children = 1,200 cells; controller Adam 1e-3 (the paper's
+perplexities). 150 controller steps x 8 children = 1,200 cells; controller Adam 2.5e-3 (the paper's
 5e-4 is for ~10x more updates). Character level keeps the softmax small so that the cell, the searched part, is
 what costs time; word level is ``--config.data.level=word`` (10k-word softmax, ~4x slower per child).
 The 8 children of a step train together in one vmapped program (``lm_child.vmap=True``; on this
@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
   c.lm_child.epochs = 1
   c.lm_child.max_train_tokens = 80_000
   c.lm_child.max_eval_tokens = 8_000
-  c.controller.learning_rate = 1e-3
+  c.controller.learning_rate = 2.5e-3
   c.controller.baseline_decay = 0.9
   c.lm_child.vmap = True
   c.search.children_per_step = 8
