@@ -23,6 +23,16 @@ _CACHE = flags.DEFINE_string(
 _TUNE_MALLOC = flags.DEFINE_bool(
     "tune_malloc", True, "Keep freed memory in the heap (glibc) so that large buffers are reused "
     "without page faults; faster CPU training (nas_jax.runtime.tune_malloc).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "One search over several processes/hosts (jax.distributed); implied by "
+    "--coordinator_address. Without the three flags below JAX detects the cluster (TPU pods, "
+    "Slurm).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0's coordination service.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "A process silent this long counts as dead; the others then stop.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,11 +55,16 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  from nas_jax import config as config_lib, data, search  # pylint: disable=g-import-not-at-top
+  from nas_jax import config as config_lib, data, distributed, search  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           heartbeat_timeout_s=_HEARTBEAT.value)
+    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count())
   try:
     result = search.run_search(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, search.WorkdirMismatchError, search.ChildrenFailError,
-          data.DataUnavailableError, FileNotFoundError) as e:
+          data.DataUnavailableError, FileNotFoundError, distributed.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   best = result.best

@@ -44,14 +44,14 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
       baseline_decay=r.baseline_decay, entropy_weight=r.entropy_weight))
   c.search = ml_collections.ConfigDict(dict(
       searcher="reinforce", num_steps=1600, children_per_step=8, keep_checkpoints=3,
-      verbose=False))
+      verbose=False, gather_timeout_s=86400.0))
   c.lock()
   return c
 
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("search.num_steps", "search.keep_checkpoints", "search.verbose",
-                     "data.data_dir", "child.num_devices")
+                     "data.data_dir", "child.num_devices", "search.gather_timeout_s")
 
 _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search_space.convs_per_layer", "child.epochs", "child.batch_size",
@@ -70,7 +70,7 @@ _UNIT_INTERVAL = ("lm_child.dropout", "lm_child.embed_dropout", "lm_child.lr_dec
 _POSITIVE = ("child.learning_rate", "child.reward_power", "controller.init_scale",
              "controller.learning_rate", "controller.temperature", "controller.tanh_constant",
              "lm_child.init_scale", "lm_child.learning_rate", "lm_child.max_grad_norm",
-             "lm_child.reward_constant")
+             "lm_child.reward_constant", "search.gather_timeout_s")
 _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
                  "search_space.num_filters", "search_space.strides", "search_space.combinations",
                  "search_space.activations")
@@ -167,6 +167,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if bad:
       raise ConfigError(f"config.search_space.pool_after_layers: layer indices {bad} are outside "
                         f"the network (0..{(cap or start) - 1})")
+    if values["child.executor"] == "vmap" and values["search_space.predict_strides"]:
+      raise ConfigError("config.child.executor: 'vmap' trains children of one shape; with "
+                        "search_space.predict_strides=True use child.executor='exact'")
   if not 0 <= values["controller.baseline_decay"] < 1:
     raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
                       f"{values['controller.baseline_decay']}")

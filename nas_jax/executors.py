@@ -7,6 +7,9 @@ search loop can record each child as soon as it is done):
   with several local devices (``config.child.num_devices``: 0 = all) the children of a step are
   spread over them, one Python thread per device dispatching its children asynchronously (JAX
   releases the GIL while a device computes), and the results come back in order;
+* ``vmap`` (CNN spaces, ``config.child.executor="vmap"``): the m children of a step trained
+  together in one program over a masked max-size network (``nas_jax.masked_cnn``), compiled once
+  per depth; on one device;
 * cell spaces: all m language models of a step in one vmapped program
   (``nas_jax.cell_children``; ``config.lm_child.vmap=False`` trains them one after another).
 """
@@ -18,7 +21,7 @@ import concurrent.futures
 import jax
 from absl import logging
 
-from nas_jax import cell_children, child, config as config_lib, data as data_lib, ptb
+from nas_jax import cell_children, child, config as config_lib, data as data_lib, masked_cnn, ptb
 
 
 def load_data(cfg):
@@ -45,10 +48,7 @@ def make_evaluator(cfg):
 
   train_cfg = config_lib.train_config(cfg)
   log_fn = logging.info if cfg.search.verbose else None
-  devices = local_devices(cfg.child.num_devices)
   on_device = {}  # (id(dataset), device) -> the dataset's arrays there, copied once per search
-  pool = (concurrent.futures.ThreadPoolExecutor(len(devices), thread_name_prefix="child")
-          if len(devices) > 1 else None)
 
   def placed(dataset, device):
     if (id(dataset), device) not in on_device:
@@ -58,6 +58,17 @@ def make_evaluator(cfg):
           f: jax.device_put(getattr(dataset, f), device) for f in dataset._fields
           if f.endswith(("_images", "_labels"))})
     return on_device[(id(dataset), device)]
+
+  if cfg.child.executor == "vmap":
+    def evaluate_vmap(space, archs, dataset, keys):
+      if not archs:
+        return []
+      return masked_cnn.evaluate_masked(space, archs, placed(dataset, jax.local_devices()[0]),
+                                        train_cfg, keys, log_fn=log_fn)
+    return evaluate_vmap
+  devices = local_devices(cfg.child.num_devices)
+  pool = (concurrent.futures.ThreadPoolExecutor(len(devices), thread_name_prefix="child")
+          if len(devices) > 1 else None)
 
   def evaluate_exact(space, archs, dataset, keys):
     jobs = [(space.build(arch, dataset.num_classes), placed(dataset, devices[k % len(devices)]),

@@ -7,11 +7,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nas_jax import lm, nascell
 from nas_jax.search_spaces import rnn_cell
 
-NO_OPS = jnp.zeros((0,), jnp.int32)
+NO_OPS = np.zeros((0,), np.int32)  # numpy: no JAX backend is touched at import (jax.distributed)
 
 
 def nascell_lm_cell(init_scale: float = 0.1, use_bias: bool = True) -> lm.Cell:

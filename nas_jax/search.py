@@ -25,12 +25,15 @@ import os
 import time
 from typing import Any, Callable, Iterable
 
+import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nas_jax import analysis, child, config as config_lib, data as data_lib, executors, searchers
+from nas_jax import (analysis, child, config as config_lib, data as data_lib, distributed,
+                     executors, searchers)
 from nas_jax.search_spaces import base
 
 
@@ -97,25 +100,43 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
       executors that train the children of a step together; defaults to the executor that
       ``cfg`` names (one child at a time for CNNs, vmapped language models for cells).
 
+  Under ``jax.distributed`` (several processes, :mod:`nas_jax.distributed`) every process runs
+  this with the same config: the children of each step are shared out, all processes apply the
+  same controller update, and only process 0 writes ``workdir``. An error in one process stops
+  all of them.
+
   Returns:
     A :class:`SearchResult` with the best history row.
   """
+  cluster = distributed.current()
+  try:
+    return _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn)
+  except BaseException as e:
+    if cluster.count > 1:  # the other processes stop too, instead of waiting for this one
+      cluster.abort(f"process {cluster.index} stopped: {type(e).__name__}: {e}")
+    raise
+
+
+def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
   config_lib.validate(cfg)
+  primary = cluster.is_primary
   space = space or config_lib.search_space(cfg)
   searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
   cfg_json = json.loads(json.dumps(config_lib.flatten(cfg)))  # tuples -> lists, as on disk
   cfg_json["search_space.class"] = type(space).__name__
-  _check_workdir_config(workdir, cfg_json)
+  if primary:
+    _check_workdir_config(workdir, cfg_json)
   if dataset is None:
     try:
       dataset = executors.load_data(cfg)
     except ValueError as e:  # e.g. a validation split larger than the dataset
       raise config_lib.ConfigError(str(e)) from None
   # Only now, with config and data known good, does the workdir get written.
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    _write_atomic(config_path, json.dumps(cfg_json, indent=1, sort_keys=True))
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+      _write_atomic(config_path, json.dumps(cfg_json, indent=1, sort_keys=True))
   if evaluate_fn is not None:
     evaluate_batch_fn = lambda space, archs, dataset, keys: (
         evaluate_fn(space, a, dataset, k) for a, k in zip(archs, keys))
@@ -126,33 +147,48 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
   init_key, propose_key, child_key = (jax.random.fold_in(root, i) for i in range(3))
   decisions = space.decisions
   m = cfg.search.children_per_step
+  timeout_s = float(cfg.search.gather_timeout_s)
 
-  # Restore the searcher state, or start a new one.
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
-                                           enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True))
+  # Restore the searcher state, or start a new one (process 0; it sends the state to the others).
   state = searcher.init(init_key, decisions)
-  start = manager.latest_step() or 0
-  if start:
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state)))
-    state = restored.state
-    logging.info("resumed from checkpoint at controller step %d", start)
+  # With several processes orbax refuses process-local jax.Arrays: process 0 saves numpy copies.
+  host = (lambda t: jax.tree.map(np.asarray, t)) if cluster.count > 1 else (lambda t: t)
+  manager = history = steps_log = None
+  start, kept, pending = 0, [], {}
+  if primary:
+    options = {}
+    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if cluster.count > 1:  # only process 0 touches the checkpoints
+      os.makedirs(ckpt_dir, exist_ok=True)
+      options = {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
+          primary_host=0, active_processes={0})}
+    manager = ocp.CheckpointManager(
+        ckpt_dir,
+        options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
+                                             enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True, **options))
+    start = manager.latest_step() or 0
+    if start:
+      restored = manager.restore(start, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(host(state))))
+      state = jax.tree.map(jnp.asarray, restored.state) if cluster.count > 1 else restored.state
+      logging.info("resumed from checkpoint at controller step %d", start)
 
-  # History: keep rows of finished steps; rows of the interrupted step are reused if they match.
-  history_path = os.path.join(workdir, "history.jsonl")
-  rows = analysis.read_history(history_path)
-  kept = [r for r in rows if r["step"] < start]
-  pending = {r["index"]: r for r in rows if r["step"] == start}
-  _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept))
-  history = open(history_path, "a")
-  # Per controller step: where the time went and the controller's metrics (steps.jsonl).
-  steps_path = os.path.join(workdir, "steps.jsonl")
-  step_rows = [r for r in analysis.read_history(steps_path) if r["step"] < start]
-  _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
-  steps_log = open(steps_path, "a")
+    # History: keep rows of finished steps; rows of the interrupted step are reused if they match.
+    history_path = os.path.join(workdir, "history.jsonl")
+    rows = analysis.read_history(history_path)
+    kept = [r for r in rows if r["step"] < start]
+    pending = {r["index"]: r for r in rows if r["step"] == start}
+    _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept))
+    history = open(history_path, "a")  # pylint: disable=consider-using-with
+    # Per controller step: where the time went and the controller's metrics (steps.jsonl).
+    steps_path = os.path.join(workdir, "steps.jsonl")
+    step_rows = [r for r in analysis.read_history(steps_path) if r["step"] < start]
+    _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
+    steps_log = open(steps_path, "a")  # pylint: disable=consider-using-with
+  raised = _RaisedChildren(kept)
+  if cluster.count > 1:
+    start, state, pending, raised = _share_start(cluster, start, state, pending, raised, timeout_s)
 
   num_steps = cfg.search.num_steps
   t_start, done_here = time.time(), 0
@@ -173,44 +209,60 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
           old = pending.get(k)
           rows[k] = old if old is not None and old["tokens"] == tokens[k].tolist() else None
       todo = [k for k in range(m) if rows[k] is None]
+      mine = cluster.mine(todo)
       t_children = time.time()
-      results = iter(evaluate_batch_fn(space, [archs[k] for k in todo], dataset,
-                                       [jax.random.fold_in(child_key, step * m + k) for k in todo]))
+      results = iter(evaluate_batch_fn(space, [archs[k] for k in mine], dataset,
+                                       [jax.random.fold_in(child_key, step * m + k) for k in mine]))
+
+      def new_row(k, res):
+        row = {"step": step, "index": k, "num_layers": num_layers, "tokens": tokens[k].tolist(),
+               "arch": base.to_json(archs[k]), "description": space.describe(archs[k]),
+               "reward": res.reward, "val_accuracy": res.val_accuracy,
+               "val_accuracies": list(res.val_accuracies), **(res.metrics or {}),
+               "param_count": res.param_count, "seconds": round(res.seconds, 3),
+               "failed": res.failed, "error": res.error}
+        if res.failed:
+          logging.warning("child %d.%d failed: %s", step, k, res.error.splitlines()[0])
+        return row
+
+      if cluster.count > 1:  # train my share, publish it, then read the others' rows
+        for k in mine:
+          rows[k] = new_row(k, next(results))
+          cluster.publish(f"{step}/{k}", json.dumps(rows[k]).encode())
+        for k in todo:
+          if rows[k] is None:
+            rows[k] = json.loads(cluster.fetch(f"{step}/{k}", timeout_s))
+      done_here += len(todo)
       for k in range(m):
-        if rows[k] is None:
-          res = next(results)
-          rows[k] = {"step": step, "index": k, "num_layers": num_layers,
-                     "tokens": tokens[k].tolist(), "arch": base.to_json(archs[k]),
-                     "description": space.describe(archs[k]), "reward": res.reward,
-                     "val_accuracy": res.val_accuracy, "val_accuracies": list(res.val_accuracies),
-                     **(res.metrics or {}),
-                     "param_count": res.param_count, "seconds": round(res.seconds, 3),
-                     "failed": res.failed, "error": res.error}
-          done_here += 1
-          if res.failed:
-            logging.warning("child %d.%d failed: %s", step, k, res.error.splitlines()[0])
-        history.write(json.dumps(rows[k]) + "\n")
-        history.flush()
+        if rows[k] is None:  # one process: record each child as soon as it is trained
+          rows[k] = new_row(k, next(results))
+        if primary:
+          history.write(json.dumps(rows[k]) + "\n")
+          history.flush()
         kept.append(rows[k])
         rewards[k] = rows[k]["reward"]
-      os.fsync(history.fileno())
+      if primary:
+        os.fsync(history.fileno())
+      raised.add([rows[k] for k in todo])
       t0 = time.time()
       t_children = t0 - t_children
       state, metrics = searcher.feedback(state, tokens, rewards, plan, decisions)
       metrics = {k: float(v) for k, v in metrics.items()}
       t_controller += time.time() - t0
       t0 = time.time()
-      manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-      best = _write_summary(workdir, kept, step + 1, space)
-      steps_log.write(json.dumps({
-          "step": step, "num_layers": num_layers, "children": len(todo),
-          "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
-          "entropy": float(info["entropy"]), **metrics,
-          "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
-          "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)})
-          + "\n")
-      steps_log.flush()
-      _stop_if_every_child_raised(kept)
+      best = analysis.best_row(kept)
+      if primary:
+        manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(host(state))))
+        best = _write_summary(workdir, kept, step + 1, space)
+        steps_log.write(json.dumps({
+            "step": step, "num_layers": num_layers, "children": len(todo),
+            "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
+            "entropy": float(info["entropy"]), **metrics,
+            "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
+            "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)})
+            + "\n")
+        steps_log.flush()
+      raised.stop_if_all_raised()
       elapsed = time.time() - t_start
       rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
       eta = (num_steps - step - 1) * m / (rate / 60) if rate else float("nan")
@@ -222,11 +274,56 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None,
           fmt(metrics.get("baseline")), info["entropy"], fmt(metrics.get("loss")),
           best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
   finally:
-    history.close()
-    steps_log.close()
-    manager.close()
-  best = _write_summary(workdir, kept, max(start, num_steps), space)  # also after a kill at the end
+    for f in (history, steps_log, manager):
+      if f is not None:
+        f.close()
+  if primary:  # also after a kill at the end
+    best = _write_summary(workdir, kept, max(start, num_steps), space)
+  else:
+    best = analysis.best_row(kept)
   return SearchResult(best, len(kept), workdir)
+
+
+def _share_start(cluster, start, state, pending, raised, timeout_s):
+  """Process 0 sends where the search starts (restored state, the interrupted step's rows)."""
+  if cluster.is_primary:
+    cluster.publish("start/state", flax.serialization.to_bytes(state))
+    cluster.publish("start/info", json.dumps({
+        "start": start, "pending": list(pending.values()), "raised": raised.to_json()}).encode())
+  state = flax.serialization.from_bytes(state, cluster.fetch("start/state", timeout_s))
+  info = json.loads(cluster.fetch("start/info", timeout_s))
+  pending = {r["index"]: r for r in info["pending"]}
+  return info["start"], state, pending, _RaisedChildren.from_json(info["raised"])
+
+
+class _RaisedChildren:
+  """Has every child so far raised (not diverged)? That is a bug in the space or the data."""
+
+  def __init__(self, rows=()):
+    self.count, self.all_raised, self.first_error = 0, True, ""
+    self.add(rows)
+
+  def add(self, rows):
+    for r in rows:
+      if self.count == 0:
+        self.first_error = r["error"]
+      self.count += 1
+      self.all_raised = self.all_raised and bool(
+          r["failed"] and r["error"] and not r["error"].startswith("FloatingPointError")
+          and "not finite" not in r["error"])
+
+  def stop_if_all_raised(self):
+    if self.count and self.all_raised:
+      raise ChildrenFailError(f"every child so far failed; the first error:\n{self.first_error}")
+
+  def to_json(self):
+    return [self.count, self.all_raised, self.first_error]
+
+  @classmethod
+  def from_json(cls, obj):
+    r = cls()
+    r.count, r.all_raised, r.first_error = obj
+    return r
 
 
 def _write_summary(workdir: str, rows: list[dict], steps: int, space) -> dict | None:
@@ -236,10 +333,3 @@ def _write_summary(workdir: str, rows: list[dict], steps: int, space) -> dict | 
       {"best": best, "num_evaluated": len(rows), "controller_steps": steps,
        "search_space": fields}, indent=1))
   return best
-
-
-def _stop_if_every_child_raised(rows: list[dict]) -> None:
-  """A search space whose every child raises (not diverges) is a bug: stop, showing the error."""
-  if rows and all(r["failed"] and r["error"] and not r["error"].startswith("FloatingPointError")
-                  and "not finite" not in r["error"] for r in rows):
-    raise ChildrenFailError(f"every child so far failed; the first error:\n{rows[0]['error']}")

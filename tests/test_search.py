@@ -150,6 +150,9 @@ def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
     ("data.name", "mnist", "config.data.name"),
     ("controller.baseline_decay", 1.0, "config.controller.baseline_decay"),
     ("child.reward_last_epochs", 9, "config.child.reward_last_epochs: must be <= "),
+    ("child.executor", "pmap", "config.child.executor: 'pmap' is not one of"),
+    ("child.num_devices", -1, "config.child.num_devices: must be >= 0"),
+    ("search.gather_timeout_s", 0.0, "config.search.gather_timeout_s: must be a finite number"),
 ])
 def test_bad_values_name_the_field(field, value, message):
   cfg = load_config("cnn_digits")
@@ -157,6 +160,23 @@ def test_bad_values_name_the_field(field, value, message):
   cfg[section][key] = value
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
     config_lib.validate(cfg)
+
+
+def test_vmap_executor_with_predicted_strides_is_refused():
+  cfg = load_config("cnn_digits")
+  cfg.child.executor = "vmap"
+  cfg.search_space.predict_strides = True
+  with pytest.raises(config_lib.ConfigError, match="config.child.executor: 'vmap'"):
+    config_lib.validate(cfg)
+
+
+def test_vmap_executor_runs_a_quick_search(tmp_path, digits):
+  cfg = load_config("cnn_digits", "quick")
+  cfg.child.executor = "vmap"
+  search.run_search(cfg, str(tmp_path), dataset=digits)
+  rows = read_rows(tmp_path)
+  assert len(rows) == cfg.search.num_steps * cfg.search.children_per_step
+  assert all(not r["failed"] and 0 < r["val_accuracy"] <= 1 for r in rows)
 
 
 def test_unknown_keys_and_wrong_types_name_the_field():

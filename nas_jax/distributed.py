@@ -1,0 +1,109 @@
+"""One search over many processes (hosts), on JAX's own multi-controller runtime.
+
+Every process runs the same search loop with the same seed, so every process samples the same
+architectures from the same controller. Child ``k`` of a step is trained by process
+``k % process_count`` (on that process's local devices); each process publishes the rows of its
+children in the coordination service's key-value store and reads everyone else's, so every process
+sees all rewards and applies the same controller update: all hold identical controller state.
+Only process 0 reads and writes the workdir (history, checkpoints, summary); at start it sends the
+restored searcher state to the others.
+
+A process that dies is noticed by the coordination service's heartbeats
+(``heartbeat_timeout_s``); the survivors then stop with an error instead of waiting for ever, and a
+peer's missing result is also reported by :meth:`Cluster.gather` after ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+
+class DistributedError(RuntimeError):
+  """A peer process did not deliver its part of the search in time (it may have died)."""
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, heartbeat_timeout_s: int = 100,
+               initialization_timeout_s: int = 300) -> None:
+  """``jax.distributed.initialize`` plus a warm-up collective.
+
+  With no arguments JAX detects the cluster (TPU pods, Slurm, ...). The warm-up makes every process
+  take part in one collective right away: on CPU, gloo creates its context at the first
+  collective and kills every process if they reach it more than ~30 s apart.
+  """
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=initialization_timeout_s,
+                             heartbeat_timeout_seconds=heartbeat_timeout_s)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.process_allgather(np.zeros((1,), np.int32))
+
+
+@dataclasses.dataclass
+class Cluster:
+  """This process's place in the search: index, count, and the key-value store between them."""
+  index: int = 0
+  count: int = 1
+  prefix: str = "nas_jax"
+
+  @property
+  def is_primary(self) -> bool:
+    return self.index == 0
+
+  def mine(self, indices) -> list[int]:
+    """The entries of ``indices`` (children of a step) this process trains."""
+    return [k for k in indices if k % self.count == self.index]
+
+  def _client(self):
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+    client = jax_distributed.global_state.client
+    if client is None:
+      raise DistributedError("jax.distributed is not initialised; call nas_jax.distributed."
+                             "initialize() first")
+    return client
+
+  def publish(self, key: str, value: bytes) -> None:
+    self._client().key_value_set_bytes(f"{self.prefix}/{key}", value)
+
+  def fetch(self, key: str, timeout_s: float, poll_s: float = 2.0) -> bytes:
+    """The value another process published under ``key``; waits up to ``timeout_s``.
+
+    Raises:
+      DistributedError: a process aborted (its error is in the message), or the time ran out.
+    """
+    client = self._client()
+    deadline = time.monotonic() + timeout_s
+    while True:
+      wait = max(0.0, min(poll_s, deadline - time.monotonic()))
+      try:
+        return client.blocking_key_value_get_bytes(f"{self.prefix}/{key}", int(wait * 1000) + 1)
+      except Exception:  # pylint: disable=broad-except  (XlaRuntimeError: DEADLINE_EXCEEDED)
+        pass
+      reason = self._try_get(client, "abort")
+      if reason is not None:
+        raise DistributedError(reason.decode(errors="replace"))
+      if time.monotonic() >= deadline:
+        raise DistributedError(f"no value for {key!r} from the other processes within "
+                               f"{timeout_s:.0f} s (search.gather_timeout_s); a process may have "
+                               "died or hung; see its log")
+
+  def abort(self, reason: str) -> None:
+    """Tells the other processes to stop (they raise DistributedError with ``reason``)."""
+    try:
+      self._client().key_value_set_bytes(f"{self.prefix}/abort", reason.encode()[:4000])
+    except Exception:  # pylint: disable=broad-except  (already aborted by another process)
+      pass
+
+  def _try_get(self, client, key: str) -> bytes | None:
+    try:
+      return client.key_value_try_get_bytes(f"{self.prefix}/{key}")
+    except Exception:  # pylint: disable=broad-except  (NOT_FOUND)
+      return None
+
+
+def current(prefix: str = "nas_jax") -> Cluster:
+  """The cluster this process belongs to (one process unless jax.distributed is initialised)."""
+  return Cluster(jax.process_index(), jax.process_count(), prefix)

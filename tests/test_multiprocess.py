@@ -1,0 +1,80 @@
+"""One search over two local processes (jax.distributed on 127.0.0.1, gloo for collectives)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+_ARGS = ["--config", "experiments/configs/cnn_digits.py:quick", "--compilation_cache_dir=",
+         "--config.search.children_per_step=4"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start(workdir, *extra, process_id=None, port=None, log=None):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"), *_ARGS,
+         f"--workdir={workdir}", *extra]
+  if process_id is not None:
+    cmd += [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+            f"--process_id={process_id}"]
+  return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.DEVNULL, stderr=open(log, "w"), text=True)
+
+
+def _rows(workdir, name="history.jsonl"):
+  return [json.loads(line) for line in open(os.path.join(workdir, name))]
+
+
+def test_two_processes_give_the_same_trajectory_as_one(tmp_path):
+  single = _start(tmp_path / "single", log=tmp_path / "single.log")
+  port = _free_port()
+  procs = [_start(tmp_path / f"p{i}", process_id=i, port=port, log=tmp_path / f"p{i}.log")
+           for i in range(2)]
+  for p, name in zip([single, *procs], ["single", "p0", "p1"]):
+    assert p.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+  key = lambda r: (r["step"], r["index"], r["tokens"], r["reward"], r["param_count"])
+  assert [key(r) for r in _rows(tmp_path / "p0")] == [key(r) for r in _rows(tmp_path / "single")]
+  losses = lambda w: [s["loss"] for s in _rows(w, "steps.jsonl")]
+  assert losses(tmp_path / "p0") == losses(tmp_path / "single")
+  assert not (tmp_path / "p1").exists()   # only process 0 writes
+
+
+def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
+  # Process 0's workdir belongs to another search: it refuses it, and process 1 must not wait.
+  (tmp_path / "p0").mkdir()
+  (tmp_path / "p0" / "config.json").write_text(json.dumps({"seed": 12345}))
+  port = _free_port()
+  procs = [_start(tmp_path / f"p{i}", process_id=i, port=port, log=tmp_path / f"p{i}.log")
+           for i in range(2)]
+  t0 = time.time()
+  codes = [p.wait(timeout=300) for p in procs]
+  assert codes == [2, 2]
+  assert time.time() - t0 < 120
+  err1 = (tmp_path / "p1.log").read_text().strip().splitlines()[-1]
+  assert err1.startswith("error: process 0 stopped: WorkdirMismatchError"), err1
+
+
+def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path):
+  port = _free_port()
+  extra = ("--heartbeat_timeout_s=5", "--config.search.num_steps=50")
+  procs = [_start(tmp_path / f"p{i}", *extra, process_id=i, port=port,
+                  log=tmp_path / f"p{i}.log") for i in range(2)]
+  log0 = tmp_path / "p0.log"
+  deadline = time.time() + 300
+  while "step 1/50" not in log0.read_text():   # both are in the search loop
+    assert time.time() < deadline and procs[0].poll() is None, log0.read_text()[-3000:]
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGKILL)
+  t0 = time.time()
+  code = procs[0].wait(timeout=120)
+  assert code != 0
+  assert time.time() - t0 < 60
+  assert "another task died" in log0.read_text() or "DistributedError" in log0.read_text()
