@@ -11,12 +11,12 @@ perplexities on short runs); over 100 SGD steps at learning rate 1 float roundin
 between batched and unbatched matmuls grow, so ``same_perplexities`` may be False here.
 """
 
-import json
-import os
 import statistics
 import time
 
 from absl import app, flags
+
+import common
 
 _M = flags.DEFINE_integer("m", 8, "Children per controller step.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds (medians reported).")
@@ -26,16 +26,11 @@ _LEVEL = flags.DEFINE_enum("level", "char", ["char", "word"], "PTB level of the 
 
 def main(argv):
   del argv
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from nas_jax import cell_children, config as config_lib, ptb, searchers  # pylint: disable=g-import-not-at-top
   from nas_jax.search_spaces import rnn_cell  # pylint: disable=g-import-not-at-top
 
-  path = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "rnn_ptb_cpu.py")
-  spec = importlib.util.spec_from_file_location("rnn_ptb_cpu", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  exp = mod.get_config()
+  exp = common.load_experiment("rnn_ptb_cpu")
   exp.data.level = _LEVEL.value
   cfg = config_lib.lm_child_config(exp)
   corpus = ptb.load_ptb(exp.data.level)
@@ -58,7 +53,8 @@ def main(argv):
   ppl = {n: [r.metrics["val_ppl"] for r in res] for n, res in results.items()}
   same = all((a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-3 * a)
              for a, b in zip(ppl["vmapped"], ppl["sequential"]))
-  out = {"m": _M.value, "config": "rnn_ptb_cpu", "level": exp.data.level, "same_perplexities": same,
+  out = {"m": _M.value, "config": "rnn_ptb_cpu", "level": exp.data.level,
+         "device": jax.devices()[0].device_kind, "same_perplexities": same,
          "first_call_seconds": {"vmapped": compile_v, "sequential": compile_s}}
   print(f"{_M.value} base-8 cells, rnn_ptb_cpu child budget ({exp.data.level} level), "
         f"{_ROUNDS.value} rounds")
@@ -72,10 +68,7 @@ def main(argv):
                                             / out["vmapped"]["seconds_median"])
   print(f"speed-up of vmapped over sequential: {out['speedup_vmapped_over_sequential']:.2f}x; "
         f"same perplexities: {same}")
-  if _JSON.value:
-    os.makedirs(os.path.dirname(_JSON.value) or ".", exist_ok=True)
-    with open(_JSON.value, "w") as f:
-      json.dump(out, f, indent=1)
+  common.write_json(_JSON.value, out)
 
 
 if __name__ == "__main__":

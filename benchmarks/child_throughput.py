@@ -24,7 +24,6 @@ analysis of each exact train step x steps) over the warm pass's wall time, again
 update time for one step of m children against that step's warm child time.
 """
 
-import importlib.util
 import json
 import os
 import statistics
@@ -32,6 +31,8 @@ import tempfile
 import time
 
 from absl import app, flags
+
+import common
 
 _WORKLOAD = flags.DEFINE_enum("workload", "digits", ["digits", "cifar10_quick"], "Child workload.")
 _CHILDREN = flags.DEFINE_integer("children", 16, "Architectures (a multiple of --m is best).")
@@ -42,24 +43,13 @@ _NAIVE_CHILDREN = flags.DEFINE_integer("naive_children", 2, "Children for the na
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random architectures and the children.")
 _JSON = flags.DEFINE_string("json", "benchmarks/results/child_throughput.json", "Output JSON.")
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
-
-def load_experiment(name: str, arg: str | None):
-  path = os.path.join(_ROOT, "experiments", "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
-
-
 def workload(name: str):
   """(experiment config, dataset) of a workload; CIFAR-10 shapes use synthetic images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nas_jax import data  # pylint: disable=g-import-not-at-top
   if name == "digits":
-    return load_experiment("cnn_digits", None), data.load_dataset("digits")
-  cfg = load_experiment("cnn_cifar10", "quick")
+    return common.load_experiment("cnn_digits"), data.load_dataset("digits")
+  cfg = common.load_experiment("cnn_cifar10", "quick")
   rng = np.random.default_rng(0)
   n_train, n_val = cfg.data.max_train, cfg.data.num_validation
   img = lambda n: rng.standard_normal((n, 32, 32, 3)).astype(np.float32)
@@ -326,10 +316,7 @@ def main(argv):
             f"; {100 * c['share_of_step']:.2f}% of a warm step" if "share_of_step" in c else ""))
   print("mean validation accuracy of the children: " + ", ".join(
       f"{n} {a:.4f}" for n, a in out["mean_val_accuracy"].items()))
-  if _JSON.value:
-    os.makedirs(os.path.dirname(_JSON.value) or ".", exist_ok=True)
-    with open(_JSON.value, "w") as f:
-      json.dump(out, f, indent=1)
+  common.write_json(_JSON.value, out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 
 from absl import app, flags
 
+import common
+
 _SEGMENTS = flags.DEFINE_integer("segments", 150, "Timed training segments per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternating rounds.")
 _HIDDEN = flags.DEFINE_integer("hidden", 200, "Hidden and embedding size.")
@@ -177,10 +179,7 @@ def main(argv):
       ratio = statistics.median(rates[("jax", setting)]) / statistics.median(rates[("torch", setting)])
       results[f"ratio_jax_over_torch/{setting}"] = ratio
       print(f"ratio nas_jax / PyTorch ({setting}): {ratio:.2f}")
-  if _JSON.value:
-    os.makedirs(os.path.dirname(_JSON.value) or ".", exist_ok=True)
-    with open(_JSON.value, "w") as f:
-      json.dump(results, f, indent=1)
+  common.write_json(_JSON.value, results)
 
 
 if __name__ == "__main__":
