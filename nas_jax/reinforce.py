@@ -81,11 +81,15 @@ def surrogate_loss(params, tokens_MxT, rewards_M, baseline, *, plan, decisions,
   return loss, {"log_prob": jnp.mean(logp_M), "entropy": jnp.mean(ent_M)}
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "decisions", "cfg"))
+@functools.partial(jax.jit, static_argnames=("plan", "decisions", "cfg"),
+                   compiler_options={"xla_backend_optimization_level": 0})
 def update(state: ControllerState, tokens_MxT: jax.Array, rewards_M: jax.Array, *,
            plan: tuple[Step, ...], decisions: tuple[Decision, ...],
            cfg: ReinforceConfig = ReinforceConfig()) -> tuple[ControllerState, dict]:
   """One REINFORCE step on m sampled architectures and their rewards.
+
+  Compiled at XLA optimisation level 0: it is recompiled for every depth of the search, and level 0
+  compiles it in ~2.5 s instead of ~4 s on the 2-core CPU while the step itself stays a few ms.
 
   Args:
     state: the controller state.
