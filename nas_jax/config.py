@@ -41,7 +41,8 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
               for k, v in dataclasses.asdict(ctrl).items() if v is None}
   c.controller = ml_collections.ConfigDict(dict(
       {**dataclasses.asdict(ctrl), **optional}, learning_rate=r.learning_rate,
-      baseline_decay=r.baseline_decay, entropy_weight=r.entropy_weight))
+      baseline_decay=r.baseline_decay, entropy_weight=r.entropy_weight,
+      accumulate_steps=r.accumulate_steps))
   c.search = ml_collections.ConfigDict(dict(
       searcher="reinforce", num_steps=1600, children_per_step=8, keep_checkpoints=3,
       verbose=False, gather_timeout_s=86400.0))
@@ -60,7 +61,8 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search.keep_checkpoints", "search_space.base", "lm_child.num_layers",
                  "lm_child.hidden_size", "lm_child.embed_size", "lm_child.batch_size",
                  "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
-                 "lm_child.test_batch_size", "lm_child.scan_unroll")
+                 "lm_child.test_batch_size", "lm_child.scan_unroll",
+                 "controller.accumulate_steps")
 _NON_NEGATIVE = ("child.num_devices", "search_space.layers_increment", "search_space.max_layers",
                  "data.num_validation",
                  "data.max_train", "child.weight_decay", "controller.entropy_weight",

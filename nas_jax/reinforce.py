@@ -46,18 +46,23 @@ class ReinforceConfig:
     learning_rate: Adam learning rate (paper: 6e-4 for CIFAR-10, 5e-4 for PTB).
     baseline_decay: EMA decay of the baseline b (not in paper; 0.95 is customary).
     entropy_weight: weight of an entropy bonus (off by default).
+    accumulate_steps: apply the averaged gradients of this many controller steps at once (the
+      paper's PTB search updated the controller once 10 gradients had accumulated); the policy
+      (the parameters) changes only every ``accumulate_steps`` steps; the baseline every step.
     controller: the controller's own static config.
   """
   learning_rate: float = 6e-4
   baseline_decay: float = 0.95
   entropy_weight: float = 0.0
+  accumulate_steps: int = 1
   controller: controller.ControllerConfig = controller.ControllerConfig()
 
 
 @functools.lru_cache(maxsize=None)
-def optimizer(learning_rate: float) -> optax.GradientTransformation:
-  """The controller's optimiser (cached so jitted updates see one static object per rate)."""
-  return optax.adam(learning_rate)
+def optimizer(learning_rate: float, accumulate_steps: int = 1) -> optax.GradientTransformation:
+  """The controller's optimiser (cached so jitted updates see one static object per setting)."""
+  adam = optax.adam(learning_rate)
+  return optax.MultiSteps(adam, every_k_schedule=accumulate_steps) if accumulate_steps > 1 else adam
 
 
 def init_state(key: jax.Array, decisions: tuple[Decision, ...],
@@ -65,7 +70,7 @@ def init_state(key: jax.Array, decisions: tuple[Decision, ...],
   params = controller.init(key, decisions, cfg.controller)
   return ControllerState(
       params=params,
-      opt_state=optimizer(cfg.learning_rate).init(params),
+      opt_state=optimizer(cfg.learning_rate, cfg.accumulate_steps).init(params),
       baseline=jnp.zeros((), jnp.float32),
       baseline_ready=jnp.zeros((), bool),
       step=jnp.zeros((), jnp.int32))
@@ -105,7 +110,8 @@ def update(state: ControllerState, tokens_MxT: jax.Array, rewards_M: jax.Array, 
   baseline = jnp.where(state.baseline_ready, state.baseline, jnp.mean(rewards_M))
   (loss, aux), grads = jax.value_and_grad(surrogate_loss, has_aux=True)(
       state.params, tokens_MxT, rewards_M, baseline, plan=plan, decisions=decisions, cfg=cfg)
-  updates, opt_state = optimizer(cfg.learning_rate).update(grads, state.opt_state, state.params)
+  updates, opt_state = optimizer(cfg.learning_rate, cfg.accumulate_steps).update(
+      grads, state.opt_state, state.params)
   new_baseline = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * jnp.mean(rewards_M)
   new_state = state.replace(
       params=optax.apply_updates(state.params, updates), opt_state=opt_state,

@@ -5,6 +5,8 @@ probabilities p and sampled token a, d log p(a) / d b_c = 1[c = a] - p_c, so the
 gradient with respect to the head bias is -(1/m) sum_k (R_k - b) (onehot(a_k) - p).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,3 +292,22 @@ def test_make_searcher():
                     searchers.RandomSearcher)
   with pytest.raises(ValueError, match="unknown searcher"):
     searchers.make_searcher("evolution", reinforce.ReinforceConfig())
+
+
+def test_accumulated_gradients_update_the_policy_every_k_steps_with_their_mean():
+  cfg = dataclasses.replace(UPDATE_CFG, accumulate_steps=3)
+  state = reinforce.init_state(jax.random.key(3), DECS, cfg)
+  tokens = np.array([[0], [2], [1]], np.int32)
+  rewards = [np.array(r, np.float32) for r in ([0.2, 0.4, 0.9], [1.0, 0.0, 0.5], [0.3, 0.3, 0.9])]
+  grads, s = [], state
+  for k, r in enumerate(rewards):
+    b = float(np.mean(rewards[0])) if k == 0 else float(s.baseline)
+    grads.append(_grad(s.params, tokens, r, b, plan=ONE_STEP, decisions=DECS, cfg=cfg)[0])
+    s, _ = reinforce.update(s, tokens, r, plan=ONE_STEP, decisions=DECS, cfg=cfg)
+    if k < 2:   # policy frozen while gradients accumulate; the baseline moves every step
+      np.testing.assert_array_equal(s.params["head_b_DxC"], state.params["head_b_DxC"])
+  assert int(s.step) == 3
+  # after the 3rd step: one Adam step on the mean gradient, i.e. -lr * sign(mean g)
+  g = np.mean([np.asarray(gr["head_b_DxC"][0]) for gr in grads], axis=0)
+  delta = np.asarray(s.params["head_b_DxC"][0] - state.params["head_b_DxC"][0])
+  np.testing.assert_allclose(delta, -0.01 * np.sign(g), rtol=1e-3)
