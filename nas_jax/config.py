@@ -172,6 +172,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if values["child.executor"] == "vmap" and values["search_space.predict_strides"]:
       raise ConfigError("config.child.executor: 'vmap' trains children of one shape; with "
                         "search_space.predict_strides=True use child.executor='exact'")
+    for name in ("search_space.filter_heights", "search_space.filter_widths"):
+      even = [k for k in values[name] if k % 2 == 0]
+      if values["child.executor"] == "vmap" and even:
+        raise ConfigError(f"config.{name}: the 'vmap' executor centres each filter in the "
+                          f"largest one and needs odd sizes, got {even}; use odd sizes or "
+                          "child.executor='exact'")
   if not 0 <= values["controller.baseline_decay"] < 1:
     raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
                       f"{values['controller.baseline_decay']}")

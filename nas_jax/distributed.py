@@ -47,7 +47,7 @@ class Cluster:
   """This process's place in the search: index, count, and the key-value store between them."""
   index: int = 0
   count: int = 1
-  prefix: str = "nas_jax"
+  prefix: str = "nas_jax/run1"
 
   @property
   def is_primary(self) -> bool:
@@ -78,10 +78,12 @@ class Cluster:
     deadline = time.monotonic() + timeout_s
     while True:
       wait = max(0.0, min(poll_s, deadline - time.monotonic()))
+      t0 = time.monotonic()
       try:
         return client.blocking_key_value_get_bytes(f"{self.prefix}/{key}", int(wait * 1000) + 1)
       except Exception:  # pylint: disable=broad-except  (XlaRuntimeError: DEADLINE_EXCEEDED)
-        pass
+        if time.monotonic() - t0 < wait / 2:  # failed at once (coordinator gone?): don't spin
+          time.sleep(wait / 2)
       reason = self._try_get(client, "abort")
       if reason is not None:
         raise DistributedError(reason.decode(errors="replace"))
@@ -104,6 +106,15 @@ class Cluster:
       return None
 
 
-def current(prefix: str = "nas_jax") -> Cluster:
-  """The cluster this process belongs to (one process unless jax.distributed is initialised)."""
-  return Cluster(jax.process_index(), jax.process_count(), prefix)
+_runs = 0
+
+
+def current() -> Cluster:
+  """The cluster this process belongs to (one process unless jax.distributed is initialised).
+
+  Each call starts a new key namespace (``nas_jax/run<n>``): the processes of a job run the same
+  sequence of searches, so the n-th search of every process shares keys with no earlier one.
+  """
+  global _runs
+  _runs += 1
+  return Cluster(jax.process_index(), jax.process_count(), f"nas_jax/run{_runs}")

@@ -79,9 +79,13 @@ def make_evaluator(cfg):
       return
     futures = [pool.submit(child.evaluate, model, data, train_cfg, key, log_fn=log_fn)
                for model, data, key in jobs]
-    for k, f in enumerate(futures):  # in order, so the search records each child at once
-      r = f.result()
-      yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[k % len(devices)])})
+    try:
+      for k, f in enumerate(futures):  # in order, so the search records each child at once
+        r = f.result()
+        yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[k % len(devices)])})
+    finally:  # the search stopped early (error, Ctrl-C): don't start the step's other children
+      for f in futures:
+        f.cancel()
   return evaluate_exact
 
 

@@ -20,6 +20,7 @@ interrupted step that were already evaluated are taken from the history instead 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -188,7 +189,15 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
     steps_log = open(steps_path, "a")  # pylint: disable=consider-using-with
   raised = _RaisedChildren(kept)
   if cluster.count > 1:
-    start, state, pending, raised = _share_start(cluster, start, state, pending, raised, timeout_s)
+    if m < cluster.count:
+      logging.warning("%d processes but %d children per step: %d processes stay idle; use a "
+                      "multiple of the process count", cluster.count, m, cluster.count - m)
+    per_host = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
+                "search.gather_timeout_s")  # may differ between hosts
+    digest = hashlib.sha256(json.dumps({k: v for k, v in cfg_json.items() if k not in per_host},
+                                       sort_keys=True).encode()).hexdigest()
+    start, state, pending, raised = _share_start(cluster, start, state, pending, raised, digest,
+                                                 timeout_s)
 
   num_steps = cfg.search.num_steps
   t_start, done_here = time.time(), 0
@@ -232,6 +241,10 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
         for k in todo:
           if rows[k] is None:
             rows[k] = json.loads(cluster.fetch(f"{step}/{k}", timeout_s))
+            if rows[k]["tokens"] != tokens[k].tolist():
+              raise distributed.DistributedError(
+                  f"child {step}.{k} of another process has other tokens than this process "
+                  "sampled: the processes' controllers differ (same config and seed everywhere?)")
       done_here += len(todo)
       for k in range(m):
         if rows[k] is None:  # one process: record each child as soon as it is trained
@@ -284,14 +297,19 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
   return SearchResult(best, len(kept), workdir)
 
 
-def _share_start(cluster, start, state, pending, raised, timeout_s):
+def _share_start(cluster, start, state, pending, raised, digest, timeout_s):
   """Process 0 sends where the search starts (restored state, the interrupted step's rows)."""
   if cluster.is_primary:
     cluster.publish("start/state", flax.serialization.to_bytes(state))
     cluster.publish("start/info", json.dumps({
-        "start": start, "pending": list(pending.values()), "raised": raised.to_json()}).encode())
+        "start": start, "pending": list(pending.values()), "raised": raised.to_json(),
+        "config": digest}).encode())
   state = flax.serialization.from_bytes(state, cluster.fetch("start/state", timeout_s))
   info = json.loads(cluster.fetch("start/info", timeout_s))
+  if info["config"] != digest:
+    raise distributed.DistributedError(
+        f"process {cluster.index} runs another config than process 0 (config hash "
+        f"{digest[:12]} vs {info['config'][:12]}); give every process the same config and flags")
   pending = {r["index"]: r for r in info["pending"]}
   return info["start"], state, pending, _RaisedChildren.from_json(info["raised"])
 

@@ -78,3 +78,15 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path)
   assert code != 0
   assert time.time() - t0 < 60
   assert "another task died" in log0.read_text() or "DistributedError" in log0.read_text()
+
+
+def test_processes_with_different_configs_refuse_to_run(tmp_path):
+  port = _free_port()
+  procs = [_start(tmp_path / f"p{i}", f"--config.seed={i}", process_id=i, port=port,
+                  log=tmp_path / f"p{i}.log") for i in range(2)]
+  codes = [p.wait(timeout=300) for p in procs]
+  assert codes == [2, 2]
+  err1 = (tmp_path / "p1.log").read_text().strip().splitlines()[-1]
+  assert "runs another config than process 0" in err1, err1
+  err0 = (tmp_path / "p0.log").read_text().strip().splitlines()[-1]
+  assert err0.startswith("error: process 1 stopped: DistributedError"), err0

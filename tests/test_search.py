@@ -168,6 +168,10 @@ def test_vmap_executor_with_predicted_strides_is_refused():
   cfg.search_space.predict_strides = True
   with pytest.raises(config_lib.ConfigError, match="config.child.executor: 'vmap'"):
     config_lib.validate(cfg)
+  cfg.search_space.predict_strides = False
+  cfg.search_space.filter_widths = (1, 2, 3)
+  with pytest.raises(config_lib.ConfigError, match=r"config.search_space.filter_widths: .*\[2\]"):
+    config_lib.validate(cfg)
 
 
 def test_vmap_executor_runs_a_quick_search(tmp_path, digits):
