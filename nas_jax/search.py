@@ -256,7 +256,7 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
         rewards[k] = rows[k]["reward"]
       if primary:
         os.fsync(history.fileno())
-      raised.add([rows[k] for k in todo])
+      raised.add(rows)
       t0 = time.time()
       t_children = t0 - t_children
       state, metrics = searcher.feedback(state, tokens, rewards, plan, decisions)
