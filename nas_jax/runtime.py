@@ -4,7 +4,7 @@
 instead of handing every large buffer back to the operating system. Without it, glibc serves each
 multi-megabyte buffer (a language model's 400 x 10,000 logits, say) with a fresh ``mmap`` and
 every step pays the page faults of touching that memory again. On the 2-core CPU this made the PTB
-language model's training step ~1.3-1.5x faster (``python benchmarks/lm_throughput.py`` measures
+language model train 1.24x faster (PyTorch 1.12x; ``python benchmarks/lm_throughput.py`` measures
 both settings). The experiment scripts call it unless ``--notune_malloc``; call it yourself at the
 top of a notebook or script.
 
