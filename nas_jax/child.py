@@ -78,9 +78,15 @@ class _Programs(NamedTuple):
   eval_step: Any
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _programs(model, cfg: TrainConfig, augment: bool) -> _Programs:
-  """Jitted init / train step / eval step of one child model (cached per architecture)."""
+  """Jitted init / train step / eval step of one child model (cached per architecture).
+
+  At most 64 architectures stay compiled in memory: each one's XLA:CPU code takes ~350 memory
+  mappings, and a process may hold 65,530 (Linux's vm.max_map_count), which a search of ~190
+  distinct children reached (LLVM then fails with "Cannot allocate memory"). An evicted
+  architecture that comes back is reloaded from the persistent compilation cache.
+  """
   tx = _make_optimizer(cfg)
 
   def init(key, x):
