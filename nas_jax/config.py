@@ -61,7 +61,7 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search.keep_checkpoints", "search_space.base", "lm_child.num_layers",
                  "lm_child.hidden_size", "lm_child.embed_size", "lm_child.batch_size",
                  "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
-                 "lm_child.test_batch_size", "lm_child.scan_unroll",
+                 "lm_child.test_batch_size",
                  "controller.accumulate_steps")
 _NON_NEGATIVE = ("child.num_devices", "search_space.layers_increment", "search_space.max_layers",
                  "data.num_validation",

@@ -100,7 +100,6 @@ class LMConfig:
   max_eval_tokens: int = 0          # 0 = the whole validation set
   remat_cell: bool = False           # recompute each cell step in the backward pass (jax.checkpoint)
   project_in_scan: bool = False     # input projection per time step inside the scan (not all at once)
-  scan_unroll: int = 1              # time steps per iteration of the compiled loop (lax.scan unroll)
 
 
 def init_params(key, vocab_size: int, cell: Cell, cfg: LMConfig):
@@ -167,7 +166,7 @@ def apply(params, ops, carry, inputs_BxT, cell: Cell, cfg: LMConfig, key=None, e
       step = lambda c, xp_t: cell.step(layer_params, ops, c, xp_t, h_mask)
     if cfg.remat_cell:
       step = jax.checkpoint(step)
-    c, x = jax.lax.scan(step, carry[l], xp, unroll=cfg.scan_unroll)
+    c, x = jax.lax.scan(step, carry[l], xp)
     new_carry.append(c)
   out_shape = (1,) + x.shape[1:] if var else x.shape
   x = x * _mask(keys.pop(), out_shape, cfg.dropout)

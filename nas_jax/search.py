@@ -263,7 +263,6 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
       metrics = {k: float(v) for k, v in metrics.items()}
       t_controller += time.time() - t0
       t0 = time.time()
-      best = analysis.best_row(kept)
       if primary:
         manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(host(state))))
         best = _write_summary(workdir, kept, step + 1, space)
@@ -275,6 +274,8 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
             "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)})
             + "\n")
         steps_log.flush()
+      else:
+        best = analysis.best_row(kept)
       raised.stop_if_all_raised()
       elapsed = time.time() - t_start
       rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
