@@ -78,7 +78,10 @@ class _Programs(NamedTuple):
   eval_step: Any
 
 
-@functools.lru_cache(maxsize=64)
+MAX_COMPILED = 64  # architectures kept compiled in memory (see _programs)
+
+
+@functools.lru_cache(maxsize=MAX_COMPILED)
 def _programs(model, cfg: TrainConfig, augment: bool) -> _Programs:
   """Jitted init / train step / eval step of one child model (cached per architecture).
 

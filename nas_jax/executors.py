@@ -6,16 +6,19 @@ search loop can record each child as soon as it is done):
 * ``exact`` (CNN spaces): each child compiled at its exact shapes and cached (``nas_jax.child``);
   with several local devices (``config.child.num_devices``: 0 = all) the children of a step are
   spread over them, one Python thread per device dispatching its children asynchronously (JAX
-  releases the GIL while a device computes), and the results come back in order;
+  releases the GIL while a device computes), and the results come back in order. A compiled
+  program belongs to one device, so a child whose architecture already ran on a device goes back
+  there unless that device is busier (:func:`assign_devices`);
 * ``vmap`` (CNN spaces, ``config.child.executor="vmap"``): the m children of a step trained
   together in one program over a masked max-size network (``nas_jax.masked_cnn``), compiled once
-  per depth; on one device;
+  per depth; with several local devices the children axis is sharded over them (``shard_map``);
 * cell spaces: all m language models of a step in one vmapped program
   (``nas_jax.cell_children``; ``config.lm_child.vmap=False`` trains them one after another).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 
 import jax
@@ -59,34 +62,64 @@ def make_evaluator(cfg):
           if f.endswith(("_images", "_labels"))})
     return on_device[(id(dataset), device)]
 
+  devices = local_devices(cfg.child.num_devices)
   if cfg.child.executor == "vmap":
+    replicated = (jax.sharding.NamedSharding(masked_cnn.children_mesh(devices),
+                                             jax.sharding.PartitionSpec())
+                  if len(devices) > 1 else devices[0])
+
     def evaluate_vmap(space, archs, dataset, keys):
       if not archs:
         return []
-      return masked_cnn.evaluate_masked(space, archs, placed(dataset, jax.local_devices()[0]),
-                                        train_cfg, keys, log_fn=log_fn)
+      return masked_cnn.evaluate_masked(space, archs, placed(dataset, replicated), train_cfg,
+                                        keys, devices=tuple(devices), log_fn=log_fn)
     return evaluate_vmap
-  devices = local_devices(cfg.child.num_devices)
   pool = (concurrent.futures.ThreadPoolExecutor(len(devices), thread_name_prefix="child")
           if len(devices) > 1 else None)
+  compiled_on = collections.OrderedDict()  # model -> indices of the devices it was compiled for
 
   def evaluate_exact(space, archs, dataset, keys):
-    jobs = [(space.build(arch, dataset.num_classes), placed(dataset, devices[k % len(devices)]),
-             key) for k, (arch, key) in enumerate(zip(archs, keys))]
+    models = [space.build(arch, dataset.num_classes) for arch in archs]
     if pool is None:
-      for model, data, key in jobs:
-        yield child.evaluate(model, data, train_cfg, key, log_fn=log_fn)
+      for model, key in zip(models, keys):
+        yield child.evaluate(model, placed(dataset, devices[0]), train_cfg, key, log_fn=log_fn)
       return
-    futures = [pool.submit(child.evaluate, model, data, train_cfg, key, log_fn=log_fn)
-               for model, data, key in jobs]
+    where = assign_devices(models, len(devices), compiled_on)
+    futures = [pool.submit(child.evaluate, model, placed(dataset, devices[d]), train_cfg, key,
+                           log_fn=log_fn) for model, key, d in zip(models, keys, where)]
     try:
-      for k, f in enumerate(futures):  # in order, so the search records each child at once
+      for d, f in zip(where, futures):  # in order, so the search records each child at once
         r = f.result()
-        yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[k % len(devices)])})
+        yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[d])})
     finally:  # the search stopped early (error, Ctrl-C): don't start the step's other children
       for f in futures:
         f.cancel()
   return evaluate_exact
+
+
+def assign_devices(models, num_devices: int, compiled_on: collections.OrderedDict,
+                   compile_cost: float = 1.5, remember: int = child.MAX_COMPILED) -> list[int]:
+  """A device index per child: the one that would finish it first, counting compile time.
+
+  A child costs 1 on a device its architecture was compiled for and ``1 + compile_cost``
+  elsewhere (XLA programs are compiled per device: the same child on a second device compiles
+  again). Greedy in child order, ties to the lowest index, so the plan is deterministic.
+  ``compiled_on`` (model -> set of device indices, the ``remember`` most recent models) is
+  updated in place.
+  """
+  load = [0.0] * num_devices
+  where = []
+  for model in models:
+    known = compiled_on.get(model, set())
+    cost = [load[d] + (1.0 if d in known else 1.0 + compile_cost) for d in range(num_devices)]
+    d = min(range(num_devices), key=lambda i: (cost[i], i))
+    load[d] = cost[d]
+    where.append(d)
+    compiled_on[model] = known | {d}
+    compiled_on.move_to_end(model)
+    while len(compiled_on) > remember:
+      compiled_on.popitem(last=False)
+  return where
 
 
 def local_devices(num_devices: int = 0) -> list:

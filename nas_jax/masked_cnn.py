@@ -399,9 +399,20 @@ class Programs(NamedTuple):
   eval_step: Any    # (params, batch_stats, marcs, images, labels, idx_B, valid_B) -> correct_M
 
 
+def children_mesh(devices: Sequence) -> jax.sharding.Mesh:
+  """A 1-D mesh over ``devices`` whose axis ("children") the children of a step are split on."""
+  return jax.sharding.Mesh(np.asarray(devices), ("children",))
+
+
 @functools.lru_cache(maxsize=32)
-def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool) -> Programs:
-  """The vmapped, jitted programs of ``net`` (cached: one compilation per depth and m)."""
+def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool,
+             devices: tuple = ()) -> Programs:
+  """The vmapped, jitted programs of ``net`` (cached: one compilation per depth and m).
+
+  With several ``devices`` the children axis is split over them with ``shard_map``: each device
+  runs the vmapped step on its m / len(devices) children (no communication: children share
+  nothing but the replicated data); m must be a multiple of ``len(devices)``.
+  """
   tx = child._make_optimizer(cfg)  # pylint: disable=protected-access
 
   def init(key, marc):
@@ -425,13 +436,20 @@ def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool) -> Programs:
     logits, _ = net.apply(params, batch_stats, marc, images[idx_B])
     return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B)
 
+  vinit = jax.vmap(init)
+  vtrain = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, None, 0, 0, None))
+  veval = jax.vmap(eval_step, in_axes=(0, 0, 0, None, None, None, None))
+  if len(devices) > 1:
+    mesh = children_mesh(devices)
+    c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
+    split = functools.partial(jax.shard_map, mesh=mesh, out_specs=c, check_vma=False)
+    vinit = split(vinit, in_specs=(c, c))
+    vtrain = split(vtrain, in_specs=(c, c, c, c, r, r, c, c, r))
+    veval = split(veval, in_specs=(c, c, c, r, r, r, r))
   opts = {"xla_backend_optimization_level": 0} if cfg.fast_compile else None
-  return Programs(
-      jax.jit(jax.vmap(init), compiler_options=opts),
-      jax.jit(jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, None, 0, 0, None)),
-              donate_argnums=(0, 1, 2), compiler_options=opts),
-      jax.jit(jax.vmap(eval_step, in_axes=(0, 0, 0, None, None, None, None)),
-              compiler_options=opts))
+  return Programs(jax.jit(vinit, compiler_options=opts),
+                  jax.jit(vtrain, donate_argnums=(0, 1, 2), compiler_options=opts),
+                  jax.jit(veval, compiler_options=opts))
 
 
 def _accuracies(progs, params, batch_stats, marcs, images, labels, batch_size) -> np.ndarray:
@@ -447,7 +465,8 @@ def _accuracies(progs, params, batch_stats, marcs, images, labels, batch_size) -
 
 def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib.Dataset,
                     cfg: child.TrainConfig, keys: Sequence[jax.Array], *,
-                    conv_batching: str = "unrolled", log_fn=None) -> list[child.ChildResult]:
+                    conv_batching: str = "unrolled", devices: Sequence = (),
+                    log_fn=None) -> list[child.ChildResult]:
   """Trains the m children ``archs`` together in one vmapped masked program; their rewards.
 
   Per child the semantics of :func:`nas_jax.child.evaluate` (paper, Section 4.1): ``cfg.epochs``
@@ -463,6 +482,10 @@ def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib
     cfg: training hyperparameters.
     keys: one PRNG key per child; the same key gives the same child whatever its neighbours.
     conv_batching: "unrolled" (m convs in the program) or "grouped" (vmap's grouped conv).
+    devices: local devices to split the children over (default: one device); m is padded to a
+      multiple of their number with copies of the last child, whose results are dropped. The
+      dataset's arrays should be replicated on them (``NamedSharding(children_mesh(devices),
+      PartitionSpec())``), or each step copies them.
     log_fn: optional callable(str) for per-epoch progress.
 
   Returns:
@@ -481,6 +504,9 @@ def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib
     raise ValueError(f"{len(archs)} archs but {len(keys)} keys")
   t0 = time.time()
   m = len(archs)
+  devices = tuple(devices) if len(devices) > 1 else ()
+  pad = -m % max(len(devices), 1)
+  archs, keys = list(archs) + [archs[-1]] * pad, list(keys) + [keys[-1]] * pad
   image_shape = tuple(int(d) for d in dataset.train_images.shape[1:])
   net = MaskedCNN(space, depths[0], image_shape, dataset.num_classes, conv_batching)
   marcs = stack_archs([net.encode(a) for a in archs])
@@ -488,7 +514,7 @@ def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib
   val_accs: list[list[float]] = [[] for _ in range(m)]
   errors: list[str] = [""] * m
   try:
-    progs = programs(net, cfg, bool(dataset.augment))
+    progs = programs(net, cfg, bool(dataset.augment), devices)
     init_keys, data_keys, aug_keys = (jnp.stack(k) for k in
                                       zip(*(jax.random.split(key, 3) for key in keys)))
     train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
@@ -519,8 +545,8 @@ def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib
         if not errors[k]:
           val_accs[k].append(float(accs[k]))
       if log_fn:
-        log_fn(f"  epoch {epoch + 1}/{cfg.epochs} loss {np.round(loss, 4).tolist()} "
-               f"val_acc {np.round(accs, 4).tolist()}")
+        log_fn(f"  epoch {epoch + 1}/{cfg.epochs} loss {np.round(loss[:m], 4).tolist()} "
+               f"val_acc {np.round(accs[:m], 4).tolist()}")
   except Exception as e:  # pylint: disable=broad-except
     error = f"{type(e).__name__}: {e}\n" + traceback.format_exc(limit=-3)
     seconds = (time.time() - t0) / m

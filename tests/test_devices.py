@@ -4,6 +4,7 @@ The 8 devices are XLA's virtual CPU devices (``--xla_force_host_platform_device_
 must be set before JAX starts, so the searches run in subprocesses of the real entry point.
 """
 
+import collections
 import json
 import os
 import subprocess
@@ -46,3 +47,65 @@ def test_eight_devices_give_the_same_trajectory_as_one(tmp_path):
 def test_more_devices_than_the_process_has_is_a_config_error():
   with pytest.raises(config_lib.ConfigError, match="config.child.num_devices"):
     executors.local_devices(1000)
+
+
+def test_a_repeated_architecture_goes_back_to_the_device_it_was_compiled_for():
+  compiled_on = collections.OrderedDict()
+  assert executors.assign_devices(["A", "B", "C", "D"], 8, compiled_on) == [0, 1, 2, 3]
+  # Round-robin would put B on device 0 and A on device 1, compiling both again.
+  assert executors.assign_devices(["B", "A"], 8, compiled_on) == [1, 0]
+  # Two new children and a known one on 2 devices: the known one fits beside a new one.
+  compiled_on = collections.OrderedDict()
+  assert executors.assign_devices(["A", "B"], 2, compiled_on) == [0, 1]
+  assert executors.assign_devices(["C", "E", "A"], 2, compiled_on) == [0, 1, 0]
+  # A device busier by more than a compile loses the architecture to an idle one.
+  compiled_on = collections.OrderedDict()
+  executors.assign_devices(["A"], 2, compiled_on)
+  assert executors.assign_devices(["A", "A", "A"], 2, compiled_on) == [0, 0, 1]
+  assert compiled_on["A"] == {0, 1}
+
+
+def test_assign_devices_remembers_a_bounded_number_of_architectures():
+  compiled_on = collections.OrderedDict()
+  executors.assign_devices(list(range(10)), 4, compiled_on, remember=5)
+  assert list(compiled_on) == [5, 6, 7, 8, 9]
+
+
+_VMAP_SCRIPT = """
+import importlib.util, json, sys
+import jax
+from nas_jax import executors
+from nas_jax.search_spaces import make_space
+from nas_jax.search_spaces.cnn import CNNArch, Layer
+spec = importlib.util.spec_from_file_location("cfg", "experiments/configs/cnn_digits.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+cfg = module.get_config("quick")
+cfg.child.executor, cfg.child.epochs = "vmap", 2
+data = executors.load_data(cfg)
+space = make_space(cfg.search_space)
+archs = [CNNArch((Layer(3, 3, 1, 1, 8, ()), Layer(3, 5, 1, 1, 8, (0,)))),
+         CNNArch((Layer(5, 3, 1, 1, 4, ()), Layer(1, 3, 1, 1, 4, ()))),
+         CNNArch((Layer(1, 1, 1, 1, 8, ()), Layer(7, 7, 1, 1, 8, (0,))))]
+keys = [jax.random.key(i) for i in range(3)]
+out = {}
+for n in (1, 2, 8):
+  cfg.child.num_devices = n
+  results = list(executors.make_evaluator(cfg)(space, archs, data, keys))
+  out[n] = [[r.reward, list(r.val_accuracies), r.param_count, r.failed] for r in results]
+json.dump(out, sys.stdout)
+"""
+
+
+def test_vmap_children_split_over_devices_equal_one_device():
+  # 3 children on 2 and on 8 devices: padded to 4 and 8, the padding's results dropped.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _VMAP_SCRIPT], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads(out.stdout.strip().splitlines()[-1])
+  assert len(results["1"]) == 3 and not any(r[3] for r in results["1"])
+  assert len({tuple(r[1]) for r in results["1"]}) > 1   # distinct children, not one repeated
+  assert results["2"] == results["1"]
+  assert results["8"] == results["1"]

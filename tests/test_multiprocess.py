@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 _ARGS = ["--config", "experiments/configs/cnn_digits.py:quick", "--compilation_cache_dir=",
          "--config.search.children_per_step=4"]
@@ -62,7 +64,8 @@ def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
   assert err1.startswith("error: process 0 stopped: WorkdirMismatchError"), err1
 
 
-def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path):
+@pytest.mark.parametrize("killed", [1, 0])   # 0 also hosts the coordination service
+def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path, killed):
   port = _free_port()
   extra = ("--heartbeat_timeout_s=5", "--config.search.num_steps=50")
   procs = [_start(tmp_path / f"p{i}", *extra, process_id=i, port=port,
@@ -72,12 +75,14 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path)
   while "step 1/50" not in log0.read_text():   # both are in the search loop
     assert time.time() < deadline and procs[0].poll() is None, log0.read_text()[-3000:]
     time.sleep(0.5)
-  procs[1].send_signal(signal.SIGKILL)
+  procs[killed].send_signal(signal.SIGKILL)
   t0 = time.time()
-  code = procs[0].wait(timeout=120)
+  survivor = 1 - killed
+  code = procs[survivor].wait(timeout=120)
   assert code != 0
   assert time.time() - t0 < 60
-  assert "another task died" in log0.read_text() or "DistributedError" in log0.read_text()
+  log = (tmp_path / f"p{survivor}.log").read_text()
+  assert "another task died" in log or "DistributedError" in log
 
 
 def test_processes_with_different_configs_refuse_to_run(tmp_path):
