@@ -12,7 +12,11 @@ embedding), so later decisions see which skips were taken.
 
 ``sample`` and ``log_prob`` share one ``lax.scan`` step: sampling draws the tokens, ``log_prob``
 re-scores given tokens by teacher forcing, which is what the REINFORCE surrogate differentiates.
-Both handle ``m`` architectures at once (the controller batch) and are jit-compiled per plan.
+Both handle ``m`` architectures at once (the controller batch). The plan enters the compiled scan
+as arrays padded to a bucket (32 steps, 8 anchors), so a search whose depth grows (3, 4, 5 layers
+...) compiles ``sample`` and the REINFORCE update once per bucket instead of once per depth; the
+padding steps are inactive (they contribute nothing) and PRNG keys are split per step, so the
+tokens of a plan do not depend on its padding.
 """
 
 from __future__ import annotations
@@ -100,12 +104,20 @@ def _shape_logits(logits, cfg: ControllerConfig):
   return logits
 
 
+STEP_BUCKET, ANCHOR_BUCKET = 32, 8   # plans are padded to multiples of these
+
+
+def _round_up(n: int, bucket: int) -> int:
+  return -(-max(n, 1) // bucket) * bucket
+
+
 class _PlanArrays:
   """Static per-step arrays of a plan, and the flat-token <-> per-step index maps."""
 
   def __init__(self, plan: Sequence[Step], decisions: Sequence[Decision]):
     self.num_steps = len(plan)
-    self.num_anchors = max(1, sum(1 for s in plan if s.kind != CHOICE))
+    self.num_anchors = _round_up(sum(1 for s in plan if s.kind != CHOICE), ANCHOR_BUCKET)
+    self.padded_steps = _round_up(self.num_steps, STEP_BUCKET)
     self.is_choice = np.array([s.kind == CHOICE for s in plan])
     self.decision = np.array([max(s.decision, 0) for s in plan], np.int32)
     anchor_slot, n = [], 0
@@ -131,29 +143,56 @@ class _PlanArrays:
           step_of.append(si), bit_of.append(j)
     self.step_of = np.array(step_of, np.int32)
     self.bit_of = np.array(bit_of, np.int32)
+    pad = self.padded_steps - self.num_steps
+    # The scan's per-step inputs; padding steps are inactive choice steps.
+    self.xs = {"is_choice": np.pad(self.is_choice, (0, pad), constant_values=True),
+               "decision": np.pad(self.decision, (0, pad)),
+               "anchor_slot": np.pad(self.anchor_slot, (0, pad)),
+               "num_bits": np.pad(self.num_bits, (0, pad)),
+               "active": np.arange(self.padded_steps) < self.num_steps}
 
   def to_flat(self, tok_MxS, bits_MxSxL):
+    """Flat tokens from the scan's per-step outputs (numpy)."""
+    tok_MxS, bits_MxSxL = np.asarray(tok_MxS), np.asarray(bits_MxSxL)
     if self.step_of.size == 0:
-      return jnp.zeros((tok_MxS.shape[0], 0), jnp.int32)
+      return np.zeros((tok_MxS.shape[0], 0), np.int32)
     from_bits = bits_MxSxL[:, self.step_of, np.maximum(self.bit_of, 0)]
-    return jnp.where(self.bit_of < 0, tok_MxS[:, self.step_of], from_bits).astype(jnp.int32)
+    return np.where(self.bit_of < 0, tok_MxS[:, self.step_of], from_bits).astype(np.int32)
 
   def from_flat(self, tokens_MxT):
+    """Per-step (padded) token and anchor-bit arrays from flat tokens (numpy for concrete
+    tokens, so a new plan costs no eager op compilations; traceable otherwise)."""
     m = tokens_MxT.shape[0]
-    tok = jnp.zeros((m, self.num_steps), jnp.int32)
-    bits = jnp.zeros((m, self.num_steps, self.num_anchors), jnp.int32)
     ch = self.bit_of < 0
+    if not isinstance(tokens_MxT, jax.core.Tracer):
+      tokens_MxT = np.asarray(tokens_MxT, np.int32)
+      tok = np.zeros((m, self.padded_steps), np.int32)
+      bits = np.zeros((m, self.padded_steps, self.num_anchors), np.int32)
+      tok[:, self.step_of[ch]] = tokens_MxT[:, ch]
+      bits[:, self.step_of[~ch], self.bit_of[~ch]] = tokens_MxT[:, ~ch]
+      return tok, bits
+    tokens_MxT = tokens_MxT.astype(jnp.int32)
+    tok = jnp.zeros((m, self.padded_steps), jnp.int32)
+    bits = jnp.zeros((m, self.padded_steps, self.num_anchors), jnp.int32)
     tok = tok.at[:, self.step_of[ch]].set(tokens_MxT[:, ch])
     bits = bits.at[:, self.step_of[~ch], self.bit_of[~ch]].set(tokens_MxT[:, ~ch])
     return tok, bits
 
 
-def _run(params: Params, pa: _PlanArrays, cfg: ControllerConfig, m: int, key, forced):
-  """Walks the plan for m architectures; samples (forced=None) or re-scores forced tokens.
+@functools.lru_cache(maxsize=64)
+def _plan_arrays(plan: tuple[Step, ...], decisions: tuple[Decision, ...]) -> _PlanArrays:
+  return _PlanArrays(plan, decisions)
 
-  Returns (tok_MxS, bits_MxSxL, log_prob_M, entropy_M).
+
+def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: ControllerConfig, m: int,
+         n_anchor: int, key, forced):
+  """Walks a (padded) plan for m architectures; samples (forced=None) or re-scores forced tokens.
+
+  ``xs`` holds the plan's per-step arrays (``_PlanArrays.xs``, traced). Returns (tok_MxS,
+  bits_MxSxL, log_prob_M, entropy_M) over the padded steps; inactive steps give 0 and 0.
   """
-  h_size, n_anchor = cfg.hidden_size, pa.num_anchors
+  h_size = cfg.hidden_size
+  num_steps = xs["active"].shape[0]
   heads_w = params["head_w_DxHxC"]
   heads_b = params["head_b_DxC"]
   zeros = jnp.zeros((m, h_size))
@@ -164,18 +203,22 @@ def _run(params: Params, pa: _PlanArrays, cfg: ControllerConfig, m: int, key, fo
       jnp.zeros((m, n_anchor, h_size)),                                # W_prev h_j
   )
   sampling = forced is None
-  keys = (jax.random.split(key, pa.num_steps) if sampling
-          else jnp.zeros((pa.num_steps, 2), jnp.uint32))
+  # split(key, n)[i] does not depend on n: a plan's keys are the same at any padding.
+  keys = (jax.random.split(key, num_steps) if sampling
+          else jnp.zeros((num_steps, 2), jnp.uint32))
   if forced is None:
-    forced = (jnp.zeros((m, pa.num_steps), jnp.int32),
-              jnp.zeros((m, pa.num_steps, n_anchor), jnp.int32))
-  xs = (jnp.asarray(pa.is_choice), jnp.asarray(pa.decision), jnp.asarray(pa.anchor_slot),
-        jnp.asarray(pa.num_bits), keys, forced[0].T, jnp.swapaxes(forced[1], 0, 1))
-  mask_DxC = jnp.asarray(pa.choice_mask_DxC)
+    forced = (jnp.zeros((m, num_steps), jnp.int32),
+              jnp.zeros((m, num_steps, n_anchor), jnp.int32))
+  scan_xs = (xs["is_choice"], xs["decision"], xs["anchor_slot"], xs["num_bits"], xs["active"],
+             keys, forced[0].T, jnp.swapaxes(forced[1], 0, 1))
+  mask_DxC = np.zeros((len(decisions), _max_choices(decisions)), bool)
+  for i, dec in enumerate(decisions):
+    mask_DxC[i, :dec.num_choices] = True
+  mask_DxC = jnp.asarray(mask_DxC)
 
   def step(carry, x):
     inp, lstm_state, anchors_h, anchors_prev = carry
-    is_choice, d, slot, nbits, k, f_tok, f_bits = x
+    is_choice, d, slot, nbits, active, k, f_tok, f_bits = x
     out, lstm_state = _lstm(params["lstm"], inp, lstm_state)
     k_choice, k_anchor = (jax.random.split(k) if sampling else (None, None))
 
@@ -192,7 +235,9 @@ def _run(params: Params, pa: _PlanArrays, cfg: ControllerConfig, m: int, key, fo
     attn = jnp.tanh(anchors_prev + (out @ params["w_curr_HxH"])[:, None, :]) @ params["v_H"]
     attn = _shape_logits(attn, cfg)
     valid = jnp.arange(n_anchor) < nbits
-    bits = (jax.random.bernoulli(k_anchor, jax.nn.sigmoid(attn)).astype(jnp.int32)
+    # Drawn anchor-major, (L, m): with partitionable threefry the draws of anchors j < L do not
+    # depend on how far the anchor axis is padded.
+    bits = (jax.random.bernoulli(k_anchor, jax.nn.sigmoid(attn).T).T.astype(jnp.int32)
             if sampling else f_bits)
     bits = jnp.where(valid, bits, 0)
     bit_logp = jnp.where(bits == 1, jax.nn.log_sigmoid(attn), jax.nn.log_sigmoid(-attn))
@@ -209,14 +254,19 @@ def _run(params: Params, pa: _PlanArrays, cfg: ControllerConfig, m: int, key, fo
     carry = (pick(choice_inp, anchor_inp), lstm_state,
              pick(anchors_h, new_anchors_h), pick(anchors_prev, new_anchors_prev))
     ys = (pick(tok, 0), pick(jnp.zeros_like(bits), bits),
-          pick(choice_logp, anchor_logp), pick(choice_ent, anchor_ent))
+          jnp.where(active, pick(choice_logp, anchor_logp), 0.0),
+          jnp.where(active, pick(choice_ent, anchor_ent), 0.0))
     return carry, ys
 
-  _, (tok_SxM, bits_SxMxL, logp_SxM, ent_SxM) = jax.lax.scan(step, carry0, xs)
+  _, (tok_SxM, bits_SxMxL, logp_SxM, ent_SxM) = jax.lax.scan(step, carry0, scan_xs)
   return (tok_SxM.T, jnp.swapaxes(bits_SxMxL, 0, 1), logp_SxM.sum(0), ent_SxM.sum(0))
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "decisions", "cfg", "m"))
+@functools.partial(jax.jit, static_argnames=("decisions", "cfg", "m", "n_anchor"))
+def _sample_padded(params, key, xs, *, decisions, cfg, m, n_anchor):
+  return _run(params, xs, decisions, cfg, m, n_anchor, key, None)
+
+
 def sample(params: Params, key: jax.Array, *, plan: tuple[Step, ...],
            decisions: tuple[Decision, ...], cfg: ControllerConfig = ControllerConfig(), m: int = 1):
   """Samples m architectures.
@@ -233,10 +283,14 @@ def sample(params: Params, key: jax.Array, *, plan: tuple[Step, ...],
     (tokens_MxT int32, log_prob_M, entropy_M): flat tokens as laid out in
     ``search_spaces.base``, the log-probability sum_t log p(a_t | a_<t) of each, and the sum over
     steps of each step's entropy.
+
+  Compiled once per plan bucket (not per plan); not itself traceable (the flat tokens are gathered
+  on the host).
   """
-  pa = _PlanArrays(plan, decisions)
-  tok, bits, logp, ent = _run(params, pa, cfg, m, key, None)
-  return pa.to_flat(tok, bits), logp, ent
+  pa = _plan_arrays(tuple(plan), tuple(decisions))
+  tok, bits, logp, ent = _sample_padded(params, key, pa.xs, decisions=tuple(decisions), cfg=cfg,
+                                        m=m, n_anchor=pa.num_anchors)
+  return jnp.asarray(pa.to_flat(tok, bits)), logp, ent
 
 
 def log_prob(params: Params, tokens_MxT: jax.Array, *, plan: tuple[Step, ...],
@@ -246,8 +300,22 @@ def log_prob(params: Params, tokens_MxT: jax.Array, *, plan: tuple[Step, ...],
   Returns:
     (log_prob_M, entropy_M) with log_prob_M[k] = sum_t log p(a_t | a_<t) of architecture k.
   """
-  pa = _PlanArrays(plan, decisions)
-  tokens_MxT = jnp.asarray(tokens_MxT, jnp.int32)
+  pa = _plan_arrays(tuple(plan), tuple(decisions))
   forced = pa.from_flat(tokens_MxT)
-  _, _, logp, ent = _run(params, pa, cfg, tokens_MxT.shape[0], None, forced)
+  return log_prob_padded(params, forced, pa.xs, decisions=decisions, cfg=cfg)
+
+
+def log_prob_padded(params: Params, forced, xs: dict, *, decisions: tuple[Decision, ...],
+                    cfg: ControllerConfig = ControllerConfig()):
+  """:func:`log_prob` of per-step tokens ``forced = (tok_MxS, bits_MxSxL)`` over a padded plan
+  ``xs`` (``_PlanArrays.from_flat`` and ``.xs``): traced arrays, so one compilation serves every
+  plan of a bucket."""
+  _, _, logp, ent = _run(params, xs, decisions, cfg, forced[0].shape[0], forced[1].shape[2],
+                         None, forced)
   return logp, ent
+
+
+def plan_inputs(tokens_MxT, plan: tuple[Step, ...], decisions: tuple[Decision, ...]):
+  """(forced, xs) for :func:`log_prob_padded`: the padded per-step tokens and plan arrays."""
+  pa = _plan_arrays(tuple(plan), tuple(decisions))
+  return pa.from_flat(tokens_MxT), pa.xs

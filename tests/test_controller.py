@@ -400,3 +400,50 @@ def test_anchor_layer_without_earlier_anchors_is_normalised_or_rejected():
   except ValueError:
     return
   assert p.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_deepening_search_compiles_sample_and_update_once_per_bucket():
+  from nas_jax import reinforce  # pylint: disable=import-outside-toplevel
+  space = CNNSpace(start_layers=3)
+  cfg = reinforce.ReinforceConfig(controller=controller.ControllerConfig(hidden_size=11))
+  state = reinforce.init_state(jax.random.key(0), space.decisions, cfg)
+  sizes = lambda: (controller._sample_padded._cache_size(), reinforce._update._cache_size())
+  before = sizes()
+  tokens_by_depth = {}
+  for depth in (3, 4, 5):   # 12, 16 and 20 plan steps: all in the first bucket of 32
+    plan = space.plan(depth)
+    tokens, logp, _ = controller.sample(state.params, jax.random.key(depth), plan=plan,
+                                        decisions=space.decisions, cfg=cfg.controller, m=7)
+    # Padding changes nothing: the sampled tokens score the same log-prob re-scored alone.
+    lp, _ = controller.log_prob(state.params, tokens, plan=plan, decisions=space.decisions,
+                                cfg=cfg.controller)
+    np.testing.assert_allclose(lp, logp, atol=1e-5)
+    state, metrics = reinforce.update(state, tokens, jnp.linspace(0, 1, 7), plan=plan,
+                                      decisions=space.decisions, cfg=cfg)
+    assert np.isfinite(float(metrics["loss"]))
+    tokens_by_depth[depth] = np.asarray(tokens)
+  assert sizes() == (before[0] + 1, before[1] + 1)
+  # A plan past the bucket (9 layers: 36 steps) compiles once more.
+  controller.sample(state.params, jax.random.key(9), plan=space.plan(9),
+                    decisions=space.decisions, cfg=cfg.controller, m=7)
+  assert sizes()[0] == before[0] + 2
+
+
+
+def test_sampled_tokens_do_not_depend_on_the_padding(monkeypatch):
+  space = CNNSpace(start_layers=3)
+  plan = tuple(space.plan(3))
+  params = controller.init(jax.random.key(0), space.decisions, PEAKY)
+  kw = dict(decisions=space.decisions, cfg=DEFAULT, m=8)
+  tokens = {}
+  for bucket in (32, 96):
+    monkeypatch.setattr(controller, "STEP_BUCKET", bucket)
+    monkeypatch.setattr(controller, "ANCHOR_BUCKET", bucket // 4)
+    pa = controller._PlanArrays(plan, space.decisions)
+    assert (pa.padded_steps, pa.num_anchors, pa.num_steps) == (bucket, bucket // 4, 12)
+    tok, bits, logp, _ = controller._sample_padded(params, jax.random.key(5), pa.xs,
+                                                   n_anchor=pa.num_anchors, **kw)
+    tokens[bucket] = (pa.to_flat(tok, bits), np.asarray(logp))
+  assert tokens[32][0][:, pa.bit_of >= 0].any()   # some skip connections were drawn
+  np.testing.assert_array_equal(tokens[32][0], tokens[96][0])
+  np.testing.assert_allclose(tokens[32][1], tokens[96][1], atol=1e-5)
