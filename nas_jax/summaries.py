@@ -1,0 +1,76 @@
+"""TensorBoard scalars of a search, written with tensorboardX (no TensorFlow needed).
+
+One point per controller step, under ``WORKDIR/tensorboard`` (``config.search.tensorboard``):
+
+* ``controller/loss``, ``controller/entropy``, ``controller/baseline``, ``controller/grad_norm``
+  (REINFORCE only, except entropy);
+* ``reward/mean``, ``reward/max``, ``reward/best_so_far``;
+* ``child/val_accuracy_mean`` and ``child/val_accuracy_max`` (CNN children) or
+  ``child/val_ppl_median`` and ``child/val_ppl_min`` (language-model children), over the step's
+  children that did not fail; ``child/failed``;
+* ``speed/children_per_hour`` (this run's children over its wall time) and the step's
+  ``speed/controller_seconds`` and ``speed/children_seconds``.
+
+View with ``tensorboard --logdir WORKDIR/tensorboard`` (``pip install tensorboard``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+SUBDIR = "tensorboard"
+
+
+def step_scalars(step_row: dict, children: list[dict], best_reward: float | None,
+                 children_per_hour: float | None) -> dict[str, float]:
+  """The scalars of one controller step.
+
+  Args:
+    step_row: the step's row of ``steps.jsonl`` (reward_mean, entropy, loss, baseline, ...).
+    children: the step's history rows.
+    best_reward: the best reward of the search so far.
+    children_per_hour: this run's throughput.
+  """
+  out = {}
+  for key, name in (("loss", "controller/loss"), ("entropy", "controller/entropy"),
+                    ("baseline", "controller/baseline"), ("grad_norm", "controller/grad_norm"),
+                    ("reward_mean", "reward/mean"), ("reward_max", "reward/max"),
+                    ("controller_seconds", "speed/controller_seconds"),
+                    ("children_seconds", "speed/children_seconds")):
+    if step_row.get(key) is not None:
+      out[name] = float(step_row[key])
+  ok = [r for r in children if not r["failed"]]
+  out["child/failed"] = float(len(children) - len(ok))
+  ppl = [r["val_ppl"] for r in ok if r.get("val_ppl") is not None]
+  acc = [r["val_accuracy"] for r in ok if r.get("val_accuracy") is not None]
+  if ppl:
+    out["child/val_ppl_median"] = float(np.median(ppl))
+    out["child/val_ppl_min"] = float(np.min(ppl))
+  elif acc:
+    out["child/val_accuracy_mean"] = float(np.mean(acc))
+    out["child/val_accuracy_max"] = float(np.max(acc))
+  if best_reward is not None:
+    out["reward/best_so_far"] = float(best_reward)
+  if children_per_hour:
+    out["speed/children_per_hour"] = float(children_per_hour)
+  return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+class Writer:
+  """Writes :func:`step_scalars` to ``workdir/tensorboard`` at global step = controller step + 1."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self.logdir = os.path.join(workdir, SUBDIR)
+    self._writer = SummaryWriter(self.logdir)
+
+  def write_step(self, step: int, scalars: dict[str, float]) -> None:
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, value, global_step=step + 1)
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()

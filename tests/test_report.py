@@ -1,0 +1,234 @@
+"""The report: top-k curves, plots, architecture diagrams, report.md and its CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from nas_jax import report
+from nas_jax.search_spaces import base, cnn, rnn_cell
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _layer(fh, fw, nf, inputs, stride=1):
+  return cnn.Layer(fh, fw, stride, stride, nf, tuple(inputs))
+
+
+def _row(step, index, arch, space, reward, *, failed=False, **metrics):
+  """A history row as nas_jax.search writes it."""
+  return {"step": step, "index": index,
+          "num_layers": len(arch.layers) if isinstance(arch, cnn.CNNArch) else arch.base,
+          "tokens": [0, 1], "arch": base.to_json(arch), "description": space.describe(arch),
+          "reward": reward, "val_accuracy": metrics.pop("val_accuracy", 0.0),
+          "val_accuracies": [], **metrics, "param_count": 1000 + index, "seconds": 0.1,
+          "failed": failed, "error": "perplexity is not finite" if failed else ""}
+
+
+def _write_workdir(path, rows, config, steps=None):
+  os.makedirs(path)
+  with open(os.path.join(path, "history.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  if steps is not None:
+    with open(os.path.join(path, "steps.jsonl"), "w") as f:
+      f.writelines(json.dumps(s) + "\n" for s in steps)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config, f)
+
+
+def _steps(rows, m, baseline=True):
+  out = []
+  for s in range(len(rows) // m):
+    r = [x["reward"] for x in rows[s * m:(s + 1) * m]]
+    out.append({"step": s, "num_layers": rows[s * m]["num_layers"], "children": m,
+                "reward_mean": float(np.mean(r)), "reward_max": max(r), "entropy": 3.0,
+                **({"baseline": 0.1 * s, "loss": 0.0} if baseline else {})})
+  return out
+
+
+def _config(searcher, space, m, steps):
+  return {"search.searcher": searcher, "search_space.name": space,
+          "search_space.class": {"cnn": "CNNSpace", "rnn_cell": "RNNCellSpace"}[space],
+          "search.children_per_step": m, "search.num_steps": steps, "data.name": "digits",
+          "child.epochs": 1, "seed": 0}
+
+
+BEST_CNN = cnn.CNNArch((_layer(3, 3, 16, ()), _layer(5, 1, 24, (0,), stride=2),
+                        _layer(1, 7, 32, (0, 1)), _layer(3, 5, 8, ())), 1, (2,))
+
+
+def _cnn_rows(seed, best=False):
+  rng = np.random.default_rng(seed)
+  space = cnn.CNNSpace()
+  rows = []
+  for i in range(12):
+    n = 2 if i < 6 else 3  # a depth change
+    arch = cnn.CNNArch(tuple(_layer(3, 3, 8, (j - 1,) if j else ()) for j in range(n)))
+    rows.append(_row(i // 4, i % 4, arch, space, float(rng.uniform(0.1, 0.8)),
+                     val_accuracy=0.5))
+  if best:
+    rows[9] = _row(2, 1, BEST_CNN, space, 0.95, val_accuracy=0.983)
+    rows[9]["num_layers"] = 3
+  return rows
+
+
+@pytest.fixture
+def cnn_workdirs(tmp_path):
+  main, rand = str(tmp_path / "reinforce"), str(tmp_path / "random")
+  rows = _cnn_rows(0, best=True)
+  _write_workdir(main, rows, _config("reinforce", "cnn", 4, 3), _steps(rows, 4))
+  rrows = _cnn_rows(1)
+  _write_workdir(rand, rrows, _config("random", "cnn", 4, 3), _steps(rrows, 4, baseline=False))
+  return main, rand
+
+
+@pytest.fixture
+def cell_workdir(tmp_path):
+  space = rnn_cell.RNNCellSpace(base=4)
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(10):
+    nodes = tuple(rnn_cell.NodeOp(space.combinations[rng.integers(2)],
+                                  space.activations[rng.integers(4)]) for _ in range(7))
+    arch = rnn_cell.CellArch(nodes, rnn_cell.NodeOp("add", "tanh"), int(rng.integers(7)),
+                             int(rng.integers(7)))
+    failed = i == 3
+    ppl = float(rng.uniform(10, 30))
+    rows.append(_row(i // 2, i % 2, arch, space, 0.0 if failed else 80 / ppl ** 2, failed=failed,
+                     **({} if failed else {"val_ppl": ppl, "train_ppl": ppl})))
+  path = str(tmp_path / "cell")
+  _write_workdir(path, rows, {**_config("reinforce", "rnn_cell", 2, 5), "search_space.base": 4},
+                 _steps(rows, 2))
+  return path, rows
+
+
+def _images(md_text):
+  return [line.split("](")[1].rstrip(")") for line in md_text.splitlines()
+          if line.startswith("![")]
+
+
+def _top_rows(md_text):
+  """The rows of the top-architectures table."""
+  section = md_text.split("## Top ")[-1].split("\n## ")[0]
+  return [l for l in section.splitlines() if l.startswith("| ") and l[2].isdigit()]
+
+
+def _check_png(path):
+  assert os.path.getsize(path) > 1000
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+
+
+def test_topk_curve_by_hand():
+  r = [0.5, 0.2, 0.9, 0.1, 0.7]
+  np.testing.assert_allclose(report.topk_curve(r, 1), [0.5, 0.5, 0.9, 0.9, 0.9])
+  np.testing.assert_allclose(report.topk_curve(r, 2), [0.5, 0.35, 0.7, 0.7, 0.8])
+  np.testing.assert_allclose(report.topk_curve(r, 10), np.cumsum(r) / np.arange(1, 6))
+  # a non-finite reward counts as 0; nothing is NaN
+  np.testing.assert_allclose(report.topk_curve([np.nan, 0.4, 0.2], 2), [0.0, 0.2, 0.3])
+  assert report.topk_curve([], 5).shape == (0,)
+  with pytest.raises(ValueError):
+    report.topk_curve(r, 0)
+
+
+def test_report_cnn_pair(cnn_workdirs, tmp_path):
+  main, rand = cnn_workdirs
+  before = {p: open(os.path.join(main, p), "rb").read() for p in os.listdir(main)}
+  out = str(tmp_path / "out")
+  path = report.write_report(main, rand, out)
+  assert path == os.path.join(out, "report.md")
+  assert sorted(os.listdir(out)) == sorted(report.REPORT_FILES)
+  assert {p: open(os.path.join(main, p), "rb").read() for p in os.listdir(main)} == before
+  text = open(path).read()
+  assert sorted(_images(text)) == ["best.png", "rewards.png", "topk.png"]
+  for name in _images(text):
+    _check_png(os.path.join(out, name))
+  first = _top_rows(text)[0]
+  assert cnn.CNNSpace().describe(BEST_CNN) in first and "0.9500" in first
+  assert "| reinforce | random |" in text  # the summary's two columns
+  assert "top15_mean_reward" in text
+
+
+def test_report_cell_default_out(cell_workdir):
+  path, rows = cell_workdir
+  before = set(os.listdir(path))
+  md = report.write_report(path)
+  assert md == os.path.join(path, "report.md")
+  assert set(os.listdir(path)) - before == {"report.md", "rewards.png", "best.png"}
+  text = open(md).read()
+  assert sorted(_images(text)) == ["best.png", "rewards.png"]  # no second run: no top-k plot
+  for name in _images(text):
+    _check_png(os.path.join(path, name))
+  best = max((r for r in rows if not r["failed"]), key=lambda r: r["reward"])
+  top = _top_rows(text)
+  assert len(top) == 9  # 10 rows, one failed
+  assert best["description"] in top[0] and "val ppl" in text
+  report.write_report(path)  # a second report overwrites its own files only
+  assert set(os.listdir(path)) - before == {"report.md", "rewards.png", "best.png"}
+
+
+def test_figures_and_dispatch(tmp_path):
+  rows = _cnn_rows(0, best=True)
+  fig = report.plot_rewards(rows, _steps(rows, 4))
+  assert isinstance(fig, Figure)
+  fig2 = Figure()
+  ax = fig2.add_subplot()
+  assert report.plot_rewards(rows, None, ax=ax) is fig2
+  assert isinstance(report.plot_topk({"a": rows, "random": rows[:5]}), Figure)
+  # a row, its arch JSON and a decoded arch all draw
+  p = str(tmp_path / "a.png")
+  report.draw_architecture(rows[9], "cnn", path=p)
+  _check_png(p)
+  assert isinstance(report.draw_architecture(rows[9]["arch"], "cnn"), Figure)
+  assert isinstance(report.draw_architecture(rnn_cell.NASCELL, "rnn_cell"), Figure)
+  with pytest.raises(ValueError, match="no diagram"):
+    report.draw_architecture(rows[9], "mlp")
+  with pytest.raises(ValueError):
+    report.draw_architecture(rows[9], "rnn_cell")
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "report.py"), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_missing_workdir(tmp_path):
+  missing, out = tmp_path / "nope", tmp_path / "out"
+  res = _cli(f"--workdir={missing}", f"--out={out}")
+  assert res.returncode == 2
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --workdir") and str(missing) in lines[0]
+  assert not missing.exists() and not out.exists()
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  res = _cli(f"--workdir={empty}")
+  assert res.returncode == 2 and "history.jsonl" in res.stderr
+  assert len(res.stderr.strip().splitlines()) == 1 and os.listdir(empty) == []
+
+
+def test_cli_writes_report(cnn_workdirs, tmp_path):
+  main, rand = cnn_workdirs
+  res = _cli(f"--workdir={main}", f"--random_workdir={tmp_path / 'nope'}")
+  assert res.returncode == 2 and res.stderr.startswith("error: --random_workdir")
+  assert "report.md" not in os.listdir(main)
+  out = tmp_path / "out"
+  res = _cli(f"--workdir={main}", f"--random_workdir={rand}", f"--out={out}")
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.strip() == str(out / "report.md")
+  assert sorted(os.listdir(out)) == sorted(report.REPORT_FILES)
+
+
+def test_report_of_a_space_without_diagram(cnn_workdirs, tmp_path):
+  main, _ = cnn_workdirs
+  cfg_path = os.path.join(main, "config.json")
+  cfg = json.load(open(cfg_path))
+  json.dump({**cfg, "search_space.name": "toy"}, open(cfg_path, "w"))
+  out = tmp_path / "out"
+  text = open(report.write_report(main, out_dir=str(out))).read()
+  assert sorted(os.listdir(out)) == ["report.md", "rewards.png"]
+  assert "No diagram" in text and sorted(_images(text)) == ["rewards.png"]

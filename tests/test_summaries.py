@@ -1,0 +1,66 @@
+"""TensorBoard scalars (tensorboardX), read back with tensorboardX's own event-file reader."""
+
+import glob
+
+from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  (the writer's module)
+
+from nas_jax import summaries
+
+
+def _read_scalars(logdir):
+  """{tag: [(step, value)]} from the event files (the protobuf records tensorboardX wrote)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  import struct  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path in sorted(glob.glob(f"{logdir}/events.out.tfevents.*")):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+def _row(reward, acc=None, ppl=None, failed=False):
+  r = {"reward": reward, "failed": failed}
+  if acc is not None:
+    r["val_accuracy"] = acc
+  if ppl is not None:
+    r["val_ppl"] = ppl
+  return r
+
+
+def test_cnn_step_scalars():
+  step = {"reward_mean": 0.5, "reward_max": 0.9, "entropy": 3.0, "loss": -0.1, "baseline": 0.4,
+          "grad_norm": 0.2, "controller_seconds": 0.01, "children_seconds": 12.0}
+  children = [_row(0.9, acc=0.96), _row(0.1, acc=0.46), _row(0.0, failed=True)]
+  s = summaries.step_scalars(step, children, best_reward=0.95, children_per_hour=900.0)
+  assert s["controller/loss"] == -0.1 and s["controller/baseline"] == 0.4
+  assert s["reward/mean"] == 0.5 and s["reward/max"] == 0.9 and s["reward/best_so_far"] == 0.95
+  assert s["child/val_accuracy_mean"] == 0.71 and s["child/val_accuracy_max"] == 0.96
+  assert s["child/failed"] == 1.0
+  assert s["speed/children_per_hour"] == 900.0
+  assert "child/val_ppl_min" not in s
+
+
+def test_random_search_and_language_model_children():
+  # Random search has no loss/baseline; LM children report perplexities; a NaN is left out.
+  step = {"reward_mean": 0.1, "reward_max": 0.2, "entropy": 5.0, "baseline": float("nan")}
+  children = [_row(0.2, ppl=10.0), _row(0.1, ppl=20.0), _row(0.05, ppl=40.0)]
+  s = summaries.step_scalars(step, children, best_reward=None, children_per_hour=None)
+  assert "controller/loss" not in s and "controller/baseline" not in s
+  assert s["child/val_ppl_median"] == 20.0 and s["child/val_ppl_min"] == 10.0
+  assert "child/val_accuracy_mean" not in s and "reward/best_so_far" not in s
+
+
+def test_writer_writes_event_files_tensorboard_reads(tmp_path):
+  w = summaries.Writer(str(tmp_path))
+  w.write_step(0, {"reward/mean": 0.25, "controller/loss": 1.5})
+  w.write_step(1, {"reward/mean": 0.75})
+  w.close()
+  scalars = _read_scalars(tmp_path / "tensorboard")
+  assert scalars["reward/mean"] == [(1, 0.25), (2, 0.75)]
+  assert scalars["controller/loss"] == [(1, 1.5)]
