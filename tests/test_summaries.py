@@ -2,8 +2,6 @@
 
 import glob
 
-from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  (the writer's module)
-
 from nas_jax import summaries
 
 
