@@ -45,7 +45,7 @@ def _programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int, v
           jax.jit(eval_step, donate_argnums=(2,)))
 
 
-def _train(space, ops, corpus, cfg, keys, vmapped):
+def _train(space, ops, corpus, cfg, keys, vmapped, log_fn=None):
   """Trains one group (vmapped: leading axis m; else a single child). Returns (train, val) NLLs."""
   cell, init, train_step, eval_step = _programs(space, cfg, len(corpus.vocab), vmapped)
   m = ops.shape[0] if vmapped else None
@@ -69,6 +69,10 @@ def _train(space, ops, corpus, cfg, keys, vmapped):
       params, carry, nll = train_step(params, ops, carry, x, y, lr, k)
       train_nll.append(nll)
       step += 1
+    if log_fn:  # waits for the device: only when asked for
+      ppl = np.exp(np.minimum(np.asarray(train_nll[-1]) / (cfg.batch_size * cfg.bptt), 700.0))
+      log_fn(f"  epoch {epoch}/{cfg.epochs} ({step} steps) lr {lr:.4g} last-batch train ppl "
+             f"{np.round(np.atleast_1d(ppl), 2).tolist()}")
   val_ids = corpus.valid[:cfg.max_eval_tokens + 1] if cfg.max_eval_tokens else corpus.valid
   carry = stack(lm.init_carry(cell, cfg, cfg.eval_batch_size))
   val_total, count = 0.0, 0
@@ -82,7 +86,8 @@ def _train(space, ops, corpus, cfg, keys, vmapped):
 
 def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellArch],
                    corpus: ptb.Corpus, cfg: lm.LMConfig, keys: Sequence[jax.Array], *,
-                   reward_constant: float = 80.0, vmap: bool = True) -> list[child.ChildResult]:
+                   reward_constant: float = 80.0, vmap: bool = True,
+                   log_fn=None) -> list[child.ChildResult]:
   """Trains one LM per cell (all m at once when ``vmap``) and returns their rewards.
 
   Args:
@@ -93,6 +98,7 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
     keys: one PRNG key per child (same key -> same child, vmapped or not).
     reward_constant: c in c / ppl^2.
     vmap: train the m children in one vmapped program; False trains them one after another.
+    log_fn: optional callable(str) for per-epoch progress.
 
   Returns:
     One ChildResult per cell; ``metrics`` holds ``val_ppl`` and ``train_ppl``.
@@ -100,9 +106,11 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
   t0 = time.time()
   ops = np.stack([space.ops(a) for a in archs]).astype(np.int32)
   if vmap:
-    train_nll, val_nll = _train(space, jnp.asarray(ops), corpus, cfg, jnp.stack(keys), True)
+    train_nll, val_nll = _train(space, jnp.asarray(ops), corpus, cfg, jnp.stack(keys), True,
+                                log_fn)
   else:
-    pairs = [_train(space, jnp.asarray(o), corpus, cfg, k, False) for o, k in zip(ops, keys)]
+    pairs = [_train(space, jnp.asarray(o), corpus, cfg, k, False, log_fn)
+             for o, k in zip(ops, keys)]
     train_nll, val_nll = (np.array([p[i] for p in pairs]) for i in (0, 1))
   seconds = (time.time() - t0) / len(archs)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(

@@ -38,6 +38,7 @@ def load_data(cfg):
 
 def make_evaluator(cfg):
   """The executor for ``cfg`` (see the module docstring)."""
+  log_fn = logging.info if cfg.search.verbose else None
   if cfg.search_space.name == "rnn_cell":
     lm_cfg = config_lib.lm_child_config(cfg)
 
@@ -46,11 +47,10 @@ def make_evaluator(cfg):
         return []
       return cell_children.evaluate_cells(space, archs, corpus, lm_cfg, keys,
                                            reward_constant=float(cfg.lm_child.reward_constant),
-                                           vmap=cfg.lm_child.vmap)
+                                           vmap=cfg.lm_child.vmap, log_fn=log_fn)
     return evaluate_cells
 
   train_cfg = config_lib.train_config(cfg)
-  log_fn = logging.info if cfg.search.verbose else None
   on_device = {}  # (id(dataset), device) -> the dataset's arrays there, copied once per search
 
   def placed(dataset, device):

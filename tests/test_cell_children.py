@@ -26,7 +26,12 @@ def test_vmapped_children_equal_children_trained_alone():
                     max_eval_tokens=800, dropout=0.2, variational=True)
   archs = _cells(space, 6, seed=1) + [rnn_cell.NASCELL]
   keys = [jax.random.key(10 + i) for i in range(len(archs))]
-  together = cell_children.evaluate_cells(space, archs, corpus, cfg, keys, vmap=True)
+  progress = []
+  together = cell_children.evaluate_cells(space, archs, corpus, cfg, keys, vmap=True,
+                                          log_fn=progress.append)
+  # Verbose progress: one line per epoch with each child's train perplexity.
+  assert len(progress) == cfg.epochs and progress[0].startswith("  epoch 1/1")
+  assert len(json.loads(progress[0].split("train ppl ")[1].replace("nan", "NaN"))) == len(archs)
   alone = cell_children.evaluate_cells(space, archs, corpus, cfg, keys, vmap=False)
   # Some random cells diverge (e.g. chains of products): they fail alone and together alike,
   # without spoiling their neighbours in the vmapped program.
