@@ -76,14 +76,24 @@ def main(argv):
 
 
 def _parse_flags(argv):
-  """absl's parser, with one-line errors for bad --config overrides."""
+  """absl's parser, with one-line errors for bad --config files and overrides."""
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a config file that failed to load raises only when first used
+    return argv
   except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
     msg = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").strip("'\"").lstrip("'")
     sys.exit(f"error: a --config override names no config field: {msg}")
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
+  except OSError as e:  # e.g. no such config file
+    sys.exit(f"error: flag --config: cannot load the config file: {_last_line(e)}")
+  except flags.Error as e:  # e.g. a bad value, or the config file raised (its traceback)
+    lines = str(e).strip().splitlines()
+    sys.exit(f"error: {lines[0]} {_last_line(e)}" if len(lines) > 1 else f"error: {e}")
+
+
+def _last_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return lines[-1] if lines else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -152,6 +153,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for name, allowed in _ENUMS.items():
     if values[name] not in allowed:
       raise ConfigError(f"config.{name}: {values[name]!r} is not one of {list(allowed)}")
+  data_dir = values["data.data_dir"]
+  if data_dir and not os.path.isdir(data_dir):
+    raise ConfigError(f"config.data.data_dir: {data_dir!r} is not a directory; give the folder "
+                      "that holds the data, or '' for the default")
   allowed = _DATA_FOR_SPACE.get(space)
   if allowed and values["data.name"] not in allowed:
     raise ConfigError(f"config.data.name: {values['data.name']!r} is not one of {list(allowed)} "

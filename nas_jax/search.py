@@ -8,13 +8,15 @@ searcher. Everything a run produces lives in its workdir:
 * ``steps.jsonl``: one line per controller step: reward mean/max, the controller's loss, entropy
   and baseline, and where the step's wall time went (``controller_seconds`` for sampling and the
   update, ``children_seconds``, ``save_seconds``, ``seconds`` in all);
-* ``checkpoints/``: orbax checkpoints of the searcher state after each controller step;
+* ``checkpoints/``: orbax checkpoints of the searcher state after each controller step (a
+  corrupt one is moved to ``checkpoints_unreadable/`` on resume, and the one before is used);
 * ``summary.json``: the best architecture so far and its reward.
 
 Randomness comes from one root key split into named streams, with per-step keys from
 ``fold_in``, so a run killed at any moment and restarted continues from its last checkpoint and
 writes the same history as an uninterrupted run (same architectures, same rewards). Children of the
-interrupted step that were already evaluated are taken from the history instead of retrained.
+interrupted step that were already evaluated are taken from the history instead of retrained; so
+are those of all later steps when the resume has to fall back to an older checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Iterable
 
@@ -168,23 +171,27 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
         options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
                                              enable_async_checkpointing=False,
                                              cleanup_tmp_directories=True, **options))
-    start = manager.latest_step() or 0
-    if start:
-      restored = manager.restore(start, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(host(state))))
-      state = jax.tree.map(jnp.asarray, restored.state) if cluster.count > 1 else restored.state
-      logging.info("resumed from checkpoint at controller step %d", start)
+    # A checkpoint is only taken if its step's line in steps.jsonl was written too (the line
+    # follows the save); workdirs of versions without steps.jsonl are not checked.
+    steps_path = os.path.join(workdir, "steps.jsonl")
+    step_rows = analysis.read_history(steps_path)
+    logged = {r["step"] for r in step_rows} if os.path.exists(steps_path) else None
+    start, state = _restore(manager, state, host, logged, workdir)
+    if cluster.count > 1:
+      state = jax.tree.map(jnp.asarray, state)
 
-    # History: keep rows of finished steps; rows of the interrupted step are reused if they match.
+    # History: rows of finished steps are kept; rows of later steps (the interrupted one, or more
+    # after a fall back to an older checkpoint) are reused where the tokens match, and stay on
+    # disk until a row that differs is written in their place (a kill meanwhile loses nothing).
     history_path = os.path.join(workdir, "history.jsonl")
     rows = analysis.read_history(history_path)
     kept = [r for r in rows if r["step"] < start]
-    pending = {r["index"]: r for r in rows if r["step"] == start}
-    _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept))
-    history = open(history_path, "a")  # pylint: disable=consider-using-with
+    later = [r for r in rows if r["step"] >= start]
+    pending = {(r["step"], r["index"]): r for r in later}
+    _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept + later))
+    history = _HistoryFile(history_path, kept, later)
     # Per controller step: where the time went and the controller's metrics (steps.jsonl).
-    steps_path = os.path.join(workdir, "steps.jsonl")
-    step_rows = [r for r in analysis.read_history(steps_path) if r["step"] < start]
+    step_rows = [r for r in step_rows if r["step"] < start]
     _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
     steps_log = open(steps_path, "a")  # pylint: disable=consider-using-with
   raised = _RaisedChildren(kept)
@@ -213,10 +220,9 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
       rewards = np.zeros(m, np.float32)
       archs = [space.decode(plan, t) for t in tokens]
       rows: list[dict | None] = [None] * m
-      if step == start:  # children of the interrupted step that were already evaluated
-        for k in range(m):
-          old = pending.get(k)
-          rows[k] = old if old is not None and old["tokens"] == tokens[k].tolist() else None
+      for k in range(m):  # children evaluated before a kill (same step, index and tokens)
+        old = pending.pop((step, k), None)
+        rows[k] = old if old is not None and old["tokens"] == tokens[k].tolist() else None
       todo = [k for k in range(m) if rows[k] is None]
       mine = cluster.mine(todo)
       t_children = time.time()
@@ -250,12 +256,11 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
         if rows[k] is None:  # one process: record each child as soon as it is trained
           rows[k] = new_row(k, next(results))
         if primary:
-          history.write(json.dumps(rows[k]) + "\n")
-          history.flush()
+          history.write(rows[k])
         kept.append(rows[k])
         rewards[k] = rows[k]["reward"]
       if primary:
-        os.fsync(history.fileno())
+        history.sync()
       raised.add(rows)
       t0 = time.time()
       t_children = t0 - t_children
@@ -298,8 +303,89 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
   return SearchResult(best, len(kept), workdir)
 
 
+def _restore(manager, state, host, logged: set[int] | None, workdir: str):
+  """The newest checkpoint that restores and whose step is logged in steps.jsonl: (step, state).
+
+  A checkpoint that raises on restore (corrupt, truncated or missing files) is moved to
+  ``workdir/checkpoints_unreadable/`` with a warning, and the next older one is tried; one whose
+  step has no line in steps.jsonl (killed between the save and that line) is deleted and redone.
+  With none left the controller starts from scratch. Either way the caller reuses the history rows
+  of the steps after the restored one, so no child is trained again. (Half-written checkpoints,
+  orbax's ``*.orbax-checkpoint-tmp-*`` folders, are never listed as steps and are cleaned up.)
+  """
+  dropped = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    path = os.path.join(os.fspath(manager.directory), str(step))
+    if logged is not None and step - 1 not in logged:
+      logging.warning("checkpoint of controller step %d is newer than steps.jsonl (killed right "
+                      "after saving it?); deleting it and redoing that step from the history",
+                      step)
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(host(state))))
+      except Exception as e:  # pylint: disable=broad-except
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        aside = os.path.join(workdir, "checkpoints_unreadable", str(step))
+        logging.warning("checkpoint of controller step %d is unreadable (%s); moved to %s, trying "
+                        "the one before", step, error, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(path, aside)
+      else:
+        if dropped:
+          logging.warning("restored the checkpoint of controller step %d instead of step %d; "
+                          "steps from %d on reuse their rows in history.jsonl", step, dropped[0],
+                          step)
+          manager.reload()
+        logging.info("resumed from checkpoint at controller step %d", step)
+        return step, restored.state
+    dropped.append(step)
+  if dropped:
+    logging.warning("no usable checkpoint (of controller steps %s); the controller starts from "
+                    "scratch at step 0 and reuses the history rows", sorted(dropped))
+    manager.reload()
+  return 0, state
+
+
+class _HistoryFile:
+  """history.jsonl open for writing after the ``kept`` rows, the ``later`` rows still on disk.
+
+  A row equal to the next one on disk is skipped; any other row cuts the file there first. So rows
+  of an interrupted search stay on disk until the resumed one writes something else in their place.
+  """
+
+  def __init__(self, path: str, kept: list[dict], later: list[dict]):
+    self._f = open(path, "r+b")  # pylint: disable=consider-using-with
+    self._f.seek(sum(len(_line(r)) for r in kept))
+    self._later = list(reversed(later))
+
+  def write(self, row: dict) -> None:
+    line = _line(row)
+    if self._later and self._later[-1] == row:
+      self._later.pop()
+      self._f.seek(len(line), os.SEEK_CUR)
+      return
+    if self._later:
+      self._later = []
+      self._f.truncate()
+    self._f.write(line)
+    self._f.flush()
+
+  def sync(self) -> None:
+    os.fsync(self._f.fileno())
+
+  def close(self) -> None:
+    self._f.close()
+
+
+def _line(row: dict) -> bytes:
+  return (json.dumps(row) + "\n").encode()
+
+
 def _share_start(cluster, start, state, pending, raised, digest, timeout_s):
-  """Process 0 sends where the search starts (restored state, the interrupted step's rows)."""
+  """Process 0 sends where the search starts (restored state, the rows of steps to redo)."""
   if cluster.is_primary:
     cluster.publish("start/state", flax.serialization.to_bytes(state))
     cluster.publish("start/info", json.dumps({
@@ -311,7 +397,7 @@ def _share_start(cluster, start, state, pending, raised, digest, timeout_s):
     raise distributed.DistributedError(
         f"process {cluster.index} runs another config than process 0 (config hash "
         f"{digest[:12]} vs {info['config'][:12]}); give every process the same config and flags")
-  pending = {r["index"]: r for r in info["pending"]}
+  pending = {(r["step"], r["index"]): r for r in info["pending"]}
   return info["start"], state, pending, _RaisedChildren.from_json(info["raised"])
 
 

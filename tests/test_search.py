@@ -1,5 +1,6 @@
 """The search loop end to end: workdir contents, resume, random search, bad configs."""
 
+import glob
 import importlib.util
 import json
 import os
@@ -153,6 +154,7 @@ def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
     ("child.executor", "pmap", "config.child.executor: 'pmap' is not one of"),
     ("child.num_devices", -1, "config.child.num_devices: must be >= 0"),
     ("search.gather_timeout_s", 0.0, "config.search.gather_timeout_s: must be a finite number"),
+    ("data.data_dir", "/nonexistent/nas_jax", "config.data.data_dir: '/nonexistent/nas_jax' is not"),
 ])
 def test_bad_values_name_the_field(field, value, message):
   cfg = load_config("cnn_digits")
@@ -237,22 +239,36 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
   args = ["--config", "experiments/configs/cnn_digits.py:quick", "--config.search.num_steps=3",
           f"--compilation_cache_dir={tmp_path / 'cache'}"]
   whole = tmp_path / "whole"
-  assert _cli(*args, f"--workdir={whole}").returncode == 0
+  out = _cli(*args, f"--workdir={whole}")
+  assert out.returncode == 0, out.stderr[-3000:]
   killed = tmp_path / "killed"
+  history, ckpts = killed / "history.jsonl", killed / "checkpoints"
+  rows = lambda: len(history.read_text().splitlines()) if history.exists() else -1
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"), *args,
          f"--workdir={killed}"]
-  for kill_at in (1, 4):  # after the 1st child (mid-step) and after the 4th (step boundary)
+  # Each kill waits for what the process has written (2 children per step, 3 steps).
+  kill_points = [
+      ("in the first step, its first child in training", lambda: rows() == 0),
+      ("in step 1, its rows half written", lambda: rows() >= 3),
+      ("at checkpoint 2: while orbax writes it, or right after (before the step's line in "
+       "steps.jsonl)", lambda: (ckpts / "2").exists() or bool(glob.glob(f"{ckpts}/2.orbax-*"))),
+  ]
+  for what, reached in kill_points:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-      path = killed / "history.jsonl"
-      if path.exists() and len(path.read_text().splitlines()) >= kill_at:
-        break
-      time.sleep(0.05)
+    while not reached():
+      assert proc.poll() is None and time.time() < deadline, f"not killed {what}"
+      time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  assert _cli(*args, f"--workdir={killed}").returncode == 0
+    assert proc.wait() == -signal.SIGKILL
+  assert 3 <= rows() < 6 and not (ckpts / "3").exists()
+  out = _cli(*args, f"--workdir={killed}")
+  assert out.returncode == 0, out.stderr[-3000:]
   assert comparable(read_rows(killed)) == comparable(read_rows(whole))
+  metrics = lambda w: [{k: v for k, v in s.items() if not k.endswith("seconds") and k != "children"}
+                       for s in analysis.read_history(str(w / "steps.jsonl"))]
+  assert metrics(killed) == metrics(whole) and len(metrics(whole)) == 3
+  assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]   # no half-written checkpoint left
 
 
 _NO_DATA = data.Dataset("none", *([np.zeros((1, 1), np.float32)] * 6), num_classes=2, augment=False)
