@@ -135,6 +135,15 @@ def _accuracy(progs, params, batch_stats, images, labels, batch_size) -> float:
   return float(correct) / n
 
 
+def failed_result(e: Exception, val_accuracies=(), param_count: int = 0,
+                  seconds: float = 0.0) -> ChildResult:
+  """A failed child (reward 0) whose error text is ``e``'s, with its traceback's last frames."""
+  error = f"{type(e).__name__}: {e}"
+  if not isinstance(e, FloatingPointError) and e.__traceback__ is not None:
+    error += "\n" + "".join(traceback.format_exception(e, limit=-3))
+  return ChildResult(0.0, 0.0, tuple(val_accuracies), param_count, True, error, seconds)
+
+
 def evaluate(model, dataset: data_lib.Dataset, cfg: TrainConfig, key: jax.Array, *,
              log_fn=None) -> ChildResult:
   """Trains ``model`` on ``dataset.train`` and returns its reward from ``dataset.val``.
@@ -180,9 +189,6 @@ def evaluate(model, dataset: data_lib.Dataset, cfg: TrainConfig, key: jax.Array,
       if log_fn:
         log_fn(f"  epoch {epoch + 1}/{cfg.epochs} loss {float(loss):.4f} val_acc {val_accs[-1]:.4f}")
   except Exception as e:  # pylint: disable=broad-except
-    error = f"{type(e).__name__}: {e}"
-    if not isinstance(e, FloatingPointError):
-      error += "\n" + traceback.format_exc(limit=-3)
-    return ChildResult(0.0, 0.0, tuple(val_accs), param_count, True, error, time.time() - t0)
+    return failed_result(e, tuple(val_accs), param_count, time.time() - t0)
   reward, acc = reward_from_accuracies(val_accs, cfg)
   return ChildResult(reward, acc, tuple(val_accs), param_count, False, "", time.time() - t0)

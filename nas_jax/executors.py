@@ -78,15 +78,23 @@ def make_evaluator(cfg):
           if len(devices) > 1 else None)
   compiled_on = collections.OrderedDict()  # model -> indices of the devices it was compiled for
 
+  def evaluate_one(model, dataset, key):
+    if isinstance(model, Exception):  # the user's space could not build this child
+      return child.failed_result(model)
+    return child.evaluate(model, dataset, train_cfg, key, log_fn=log_fn)
+
   def evaluate_exact(space, archs, dataset, keys):
-    models = [space.build(arch, dataset.num_classes) for arch in archs]
+    models = [_build(space, arch, dataset.num_classes) for arch in archs]
     if pool is None:
       for model, key in zip(models, keys):
-        yield child.evaluate(model, placed(dataset, devices[0]), train_cfg, key, log_fn=log_fn)
+        yield evaluate_one(model, placed(dataset, devices[0]), key)
       return
-    where = assign_devices(models, len(devices), compiled_on)
-    futures = [pool.submit(child.evaluate, model, placed(dataset, devices[d]), train_cfg, key,
-                           log_fn=log_fn) for model, key, d in zip(models, keys, where)]
+    built = [k for k, model in enumerate(models) if not isinstance(model, Exception)]
+    where = [0] * len(models)
+    for k, d in zip(built, assign_devices([models[k] for k in built], len(devices), compiled_on)):
+      where[k] = d
+    futures = [pool.submit(evaluate_one, model, placed(dataset, devices[d]), key)
+               for model, key, d in zip(models, keys, where)]
     try:
       for d, f in zip(where, futures):  # in order, so the search records each child at once
         r = f.result()
@@ -95,6 +103,14 @@ def make_evaluator(cfg):
       for f in futures:
         f.cancel()
   return evaluate_exact
+
+
+def _build(space, arch, num_classes):
+  """``space.build(arch, num_classes)``, or the exception it raised (the child then fails)."""
+  try:
+    return space.build(arch, num_classes)
+  except Exception as e:  # pylint: disable=broad-except
+    return e
 
 
 def assign_devices(models, num_devices: int, compiled_on: collections.OrderedDict,

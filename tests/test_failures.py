@@ -265,6 +265,31 @@ def test_children_that_raise_are_recorded_as_failed_and_the_search_goes_on(tmp_p
   assert result.best is not None and not result.best["failed"]
 
 
+class _CannotBuildWidth16(MLPSpace):
+  """A user's space whose build() itself raises for one choice."""
+
+  def build(self, arch, num_classes):
+    if 16 in arch.widths:
+      raise ValueError("width 16 is not supported by this space")
+    return super().build(arch, num_classes)
+
+
+def test_a_child_whose_build_raises_is_recorded_as_failed(tmp_path):
+  cfg = load_config("cnn_digits", "quick")
+  cfg.search.num_steps, cfg.search.children_per_step = 2, 4
+  dataset = data.load_dataset("digits", max_train=128, seed=0)
+  search.run_search(cfg, str(tmp_path), space=_CannotBuildWidth16(widths=(4, 16), layers=1),
+                    dataset=dataset)
+  rows = read_rows(tmp_path)
+  assert len(rows) == 8
+  bad = [r for r in rows if 16 in r["arch"]["widths"]]
+  assert bad and len(bad) < 8
+  for r in bad:
+    assert r["failed"] and r["reward"] == 0.0
+    assert r["error"].startswith("ValueError: width 16 is not supported by this space"), r["error"]
+    assert "in build" in r["error"]   # the traceback's last frames point at the user's code
+
+
 def test_a_search_whose_every_child_diverges_goes_on(tmp_path):
   def diverges(space, arch, dataset, key):
     return child.ChildResult(0.0, 0.0, (0.1,), 10, True,
