@@ -46,14 +46,15 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
       accumulate_steps=r.accumulate_steps))
   c.search = ml_collections.ConfigDict(dict(
       searcher="reinforce", num_steps=1600, children_per_step=8, keep_checkpoints=3,
-      verbose=False, gather_timeout_s=86400.0))
+      verbose=False, gather_timeout_s=86400.0, tensorboard=True))
   c.lock()
   return c
 
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("search.num_steps", "search.keep_checkpoints", "search.verbose",
-                     "data.data_dir", "child.num_devices", "search.gather_timeout_s")
+                     "search.tensorboard", "data.data_dir", "child.num_devices",
+                     "search.gather_timeout_s")
 
 _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search_space.convs_per_layer", "child.epochs", "child.batch_size",

@@ -10,7 +10,9 @@ searcher. Everything a run produces lives in its workdir:
   update, ``children_seconds``, ``save_seconds``, ``seconds`` in all);
 * ``checkpoints/``: orbax checkpoints of the searcher state after each controller step (a
   corrupt one is moved to ``checkpoints_unreadable/`` on resume, and the one before is used);
-* ``summary.json``: the best architecture so far and its reward.
+* ``summary.json``: the best architecture so far and its reward;
+* ``tensorboard/``: TensorBoard scalars per controller step (``nas_jax.summaries``;
+  ``config.search.tensorboard``).
 
 Randomness comes from one root key split into named streams, with per-step keys from
 ``fold_in``, so a run killed at any moment and restarted continues from its last checkpoint and
@@ -37,7 +39,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from nas_jax import (analysis, child, config as config_lib, data as data_lib, distributed,
-                     executors, searchers)
+                     executors, searchers, summaries)
 from nas_jax.search_spaces import base
 
 
@@ -157,7 +159,7 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
   state = searcher.init(init_key, decisions)
   # With several processes orbax refuses process-local jax.Arrays: process 0 saves numpy copies.
   host = (lambda t: jax.tree.map(np.asarray, t)) if cluster.count > 1 else (lambda t: t)
-  manager = history = steps_log = None
+  manager = history = steps_log = tensorboard = None
   start, kept, pending = 0, [], {}
   if primary:
     options = {}
@@ -194,13 +196,15 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
     step_rows = [r for r in step_rows if r["step"] < start]
     _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
     steps_log = open(steps_path, "a")  # pylint: disable=consider-using-with
+    if cfg.search.tensorboard:
+      tensorboard = summaries.Writer(workdir)
   raised = _RaisedChildren(kept)
   if cluster.count > 1:
     if m < cluster.count:
       logging.warning("%d processes but %d children per step: %d processes stay idle; use a "
                       "multiple of the process count", cluster.count, m, cluster.count - m)
     per_host = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
-                "search.gather_timeout_s")  # may differ between hosts
+                "search.gather_timeout_s", "search.tensorboard")  # may differ between hosts
     digest = hashlib.sha256(json.dumps({k: v for k, v in cfg_json.items() if k not in per_host},
                                        sort_keys=True).encode()).hexdigest()
     start, state, pending, raised = _share_start(cluster, start, state, pending, raised, digest,
@@ -268,22 +272,25 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
       metrics = {k: float(v) for k, v in metrics.items()}
       t_controller += time.time() - t0
       t0 = time.time()
+      elapsed = t0 - t_start
+      rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
       if primary:
         manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(host(state))))
         best = _write_summary(workdir, kept, step + 1, space)
-        steps_log.write(json.dumps({
+        step_row = {
             "step": step, "num_layers": num_layers, "children": len(todo),
             "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
             "entropy": float(info["entropy"]), **metrics,
             "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
-            "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)})
-            + "\n")
+            "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)}
+        steps_log.write(json.dumps(step_row) + "\n")
         steps_log.flush()
+        if tensorboard is not None:
+          tensorboard.write_step(step, summaries.step_scalars(
+              step_row, rows, best["reward"] if best else None, rate * 60 if done_here else None))
       else:
         best = analysis.best_row(kept)
       raised.stop_if_all_raised()
-      elapsed = time.time() - t_start
-      rate = done_here / elapsed * 60 if elapsed > 0 else 0.0
       eta = (num_steps - step - 1) * m / (rate / 60) if rate else float("nan")
       fmt = lambda v: "-" if v is None else f"{v:.4f}"
       logging.info(
@@ -293,7 +300,7 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
           fmt(metrics.get("baseline")), info["entropy"], fmt(metrics.get("loss")),
           best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
   finally:
-    for f in (history, steps_log, manager):
+    for f in (history, steps_log, manager, tensorboard):
       if f is not None:
         f.close()
   if primary:  # also after a kill at the end

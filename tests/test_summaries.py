@@ -2,6 +2,8 @@
 
 import glob
 
+import pytest
+
 from nas_jax import summaries
 
 
@@ -62,3 +64,27 @@ def test_writer_writes_event_files_tensorboard_reads(tmp_path):
   scalars = _read_scalars(tmp_path / "tensorboard")
   assert scalars["reward/mean"] == [(1, 0.25), (2, 0.75)]
   assert scalars["controller/loss"] == [(1, 1.5)]
+
+
+def test_a_search_writes_one_point_per_controller_step(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from nas_jax import search  # pylint: disable=import-outside-toplevel
+  from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
+  from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
+  search.run_search(fake_config(steps=3), str(tmp_path / "on"), space=MLPSpace(), dataset=_NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  steps = [json.loads(line) for line in open(tmp_path / "on" / "steps.jsonl")]
+  scalars = _read_scalars(tmp_path / "on" / "tensorboard")
+  for tag, key in (("reward/mean", "reward_mean"), ("controller/loss", "loss"),
+                   ("controller/baseline", "baseline"), ("controller/entropy", "entropy")):
+    assert [s for s, _ in scalars[tag]] == [1, 2, 3]
+    assert [v for _, v in scalars[tag]] == pytest.approx([r[key] for r in steps], rel=1e-6)
+  assert len(scalars["speed/children_per_hour"]) == 3
+  assert all(v > 0 for _, v in scalars["speed/children_per_hour"])
+  assert [v for _, v in scalars["child/val_accuracy_mean"]] == pytest.approx(
+      [r["reward_mean"] - 0.01 for r in steps], rel=1e-5)   # the fake child: accuracy = reward - 0.01
+  cfg = fake_config(steps=1)
+  cfg.search.tensorboard = False
+  search.run_search(cfg, str(tmp_path / "off"), space=MLPSpace(), dataset=_NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  assert not (tmp_path / "off" / "tensorboard").exists()
