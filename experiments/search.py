@@ -7,7 +7,6 @@ Override any field from the command line, e.g. ``--config.search.searcher=random
 run. Rerunning the same command resumes from the last checkpoint in the workdir.
 """
 
-import logging as logging_std
 import os
 import sys
 
@@ -36,20 +35,14 @@ _HEARTBEAT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter of orbax (several lines per checkpoint); warnings still pass."""
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _TUNE_MALLOC.value:
     from nas_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.tune_malloc()
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from nas_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.show_search_progress()  # INFO lines of the search, none of orbax's
   import jax  # pylint: disable=g-import-not-at-top
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)

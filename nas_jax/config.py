@@ -1,7 +1,8 @@
 """The search configuration: defaults (the paper's CIFAR-10 settings), validation, conversion.
 
-Experiment files under ``experiments/configs/`` start from :func:`default_config` (locked, so a
-misspelt key fails at once) and change fields. :func:`validate` checks every field's type and range
+The experiment configs (``nas_jax/configs/``, re-exported by ``experiments/configs/`` for
+``--config``) start from :func:`default_config` (locked, so a misspelt key fails at once) and
+change fields. :func:`validate` checks every field's type and range
 and raises :class:`ConfigError` naming the field and the fix.
 """
 

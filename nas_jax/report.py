@@ -70,17 +70,19 @@ def load_run(workdir: str) -> dict[str, Any]:
 
 
 def space_name(run: dict[str, Any]) -> str:
-  """The search space's name: ``config.json``'s ``search_space.name``, else guessed from the
-  architectures' JSON form (``layers``: "cnn", ``nodes``: "rnn_cell")."""
+  """The search space's name: ``config.json``'s ``search_space.name`` if the architectures' JSON
+  form is that space's (``layers``: "cnn", ``nodes``: "rnn_cell"); "custom" for a space of the
+  user's (``run_search(..., space=...)`` keeps the config's name); else guessed from the JSON."""
   name = run.get("config", {}).get("search_space.name")
-  if name:
-    return name
   arch = run["rows"][0].get("arch") if run.get("rows") else None
+  guess = "unknown"
   if isinstance(arch, dict) and "layers" in arch:
-    return "cnn"
-  if isinstance(arch, dict) and "nodes" in arch:
-    return "rnn_cell"
-  return "unknown"
+    guess = "cnn"
+  elif isinstance(arch, dict) and "nodes" in arch:
+    guess = "rnn_cell"
+  if name and arch is not None and name in DIAGRAM_SPACES and guess != name:
+    return "custom"
+  return name or guess
 
 
 def _children_per_step(rows: Sequence[dict]) -> int:

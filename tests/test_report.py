@@ -232,3 +232,16 @@ def test_report_of_a_space_without_diagram(cnn_workdirs, tmp_path):
   text = open(report.write_report(main, out_dir=str(out))).read()
   assert sorted(os.listdir(out)) == ["report.md", "rewards.png"]
   assert "No diagram" in text and sorted(_images(text)) == ["rewards.png"]
+
+
+def test_report_of_a_user_space_searched_under_a_cnn_config(tmp_path):
+  # run_search(cfg, workdir, space=MLPSpace()) keeps config.json's "cnn": the rows tell otherwise.
+  from nas_jax import search  # pylint: disable=import-outside-toplevel
+  from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
+  from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "mlp"
+  search.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+                    evaluate_fn=FakeEvaluator())
+  assert report.space_name(report.load_run(str(workdir))) == "custom"
+  text = open(report.write_report(str(workdir))).read()
+  assert "No diagram" in text and "best.png" not in text

@@ -1,44 +1,7 @@
 """A real recurrent-cell search on character-level Penn Treebank that a 2-core CPU can run.
 
-  python experiments/search.py --config experiments/configs/rnn_ptb_cpu.py --workdir /tmp/nas_ptb_cpu
-  python experiments/search.py --config experiments/configs/rnn_ptb_cpu.py --workdir /tmp/nas_ptb_cpu_random \
-      --config.search.searcher=random
-
-Base-8 cells; each child a 2-layer character-level LM (hidden size 32) trained on a budget of
-80,000 characters of PTB's training text (one pass, batch 20, BPTT 20) and scored on a fixed
-8,000-character slice of the validation set; reward 80 / ppl^2 (the paper's reward, on character
-perplexities). 150 controller steps x 8 children = 1,200 cells; controller Adam 2.5e-3 (the paper's
-5e-4 is for ~10x more updates). Character level keeps the softmax small so that the cell, the searched part, is
-what costs time; word level is ``--config.data.level=word`` (10k-word softmax, ~4x slower per child).
-The 8 children of a step train together in one vmapped program (``lm_child.vmap=True``; on this
-CPU ~1.2x faster than one after another, see benchmarks/cell_children.py). ``:quick`` is a tiny
-run for the tests.
+The config lives in the package (``nas_jax/configs/rnn_ptb_cpu.py``, so that notebooks and installed
+copies can load it: ``from nas_jax.configs import rnn_ptb_cpu``); this file is what ``--config`` names.
 """
 
-from nas_jax.config import default_config
-
-
-def get_config(arg: str | None = None):
-  c = default_config("rnn_cell")
-  c.data.name = "ptb"
-  c.data.level = "char"
-  c.lm_child.hidden_size = 32
-  c.lm_child.embed_size = 32
-  c.lm_child.epochs = 1
-  c.lm_child.max_train_tokens = 80_000
-  c.lm_child.max_eval_tokens = 8_000
-  c.controller.learning_rate = 2.5e-3
-  c.controller.baseline_decay = 0.9
-  c.lm_child.vmap = True
-  c.search.children_per_step = 8
-  c.search.num_steps = 150
-  if arg == "quick":
-    c.lm_child.hidden_size = 8
-    c.lm_child.embed_size = 8
-    c.lm_child.max_train_tokens = 2_000
-    c.lm_child.max_eval_tokens = 1_000
-    c.search.children_per_step = 2
-    c.search.num_steps = 2
-  elif arg:
-    raise ValueError(f"rnn_ptb_cpu config: unknown argument {arg!r}; use ':quick' or nothing")
-  return c
+from nas_jax.configs.rnn_ptb_cpu import get_config  # noqa: F401  (ml_collections calls get_config)

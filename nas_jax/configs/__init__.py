@@ -1,0 +1,19 @@
+"""The experiment configs, as a package (``experiments/configs/*.py`` re-export them for ``--config``).
+
+>>> from nas_jax.configs import cnn_digits
+>>> cfg = cnn_digits.get_config()          # the README's main job; get_config("quick") for tests
+
+Each module's ``get_config(arg)`` returns a locked ``ml_collections.ConfigDict`` built on
+``nas_jax.config.default_config``; change fields before ``nas_jax.search.run_search``.
+"""
+
+import importlib
+
+NAMES = ("cnn_digits", "cnn_cifar10", "rnn_ptb", "rnn_ptb_cpu", "lm_ptb_small")
+
+
+def get_config(name: str, arg: str | None = None):
+  """The config of experiment ``name`` (one of :data:`NAMES`) with its optional argument."""
+  if name not in NAMES:
+    raise ValueError(f"unknown experiment config {name!r}; one of {list(NAMES)}")
+  return importlib.import_module(f"nas_jax.configs.{name}").get_config(arg)

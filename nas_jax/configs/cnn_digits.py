@@ -1,0 +1,42 @@
+"""CNN search on scikit-learn's 8x8 digits: the main job, real data, no download.
+
+  python experiments/search.py --config experiments/configs/cnn_digits.py --workdir /tmp/nas_digits
+
+About 7 minutes on a 2-core CPU: 16 controller steps x 8 children (128 architectures, 3 to 5
+layers), each child trained 4 epochs on 1,297 images and scored on 250.
+The reward moving average (the baseline) rises as the controller learns to avoid 1-wide filters,
+which cannot see spatial structure through global average pooling. Random search at the same
+budget: add ``--config.search.searcher=random``. ``:quick`` is a tiny run for tests.
+"""
+
+from nas_jax.config import default_config
+
+
+def get_config(arg: str | None = None):
+  c = default_config()
+  c.data.name = "digits"
+  c.search_space.num_filters = (8, 16, 24, 32)
+  c.search_space.start_layers = 3
+  c.search_space.layers_increment = 1
+  c.search_space.increment_every = 48
+  c.search_space.max_layers = 5
+  c.child.epochs = 4
+  c.child.reward_last_epochs = 2
+  c.child.batch_size = 64
+  c.child.fast_compile = True
+  c.controller.learning_rate = 0.01
+  c.controller.baseline_decay = 0.8
+  c.search.num_steps = 16
+  c.search.children_per_step = 8
+  if arg == "quick":
+    c.search_space.num_filters = (4, 8)
+    c.search_space.start_layers = 2
+    c.search_space.max_layers = 2
+    c.child.epochs = 1
+    c.child.reward_last_epochs = 1
+    c.data.max_train = 256
+    c.search.num_steps = 2
+    c.search.children_per_step = 2
+  elif arg:
+    raise ValueError(f"cnn_digits config: unknown argument {arg!r}; use ':quick' or nothing")
+  return c
