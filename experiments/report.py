@@ -2,8 +2,9 @@
 
   python experiments/report.py --workdir /tmp/nas_digits --random_workdir /tmp/nas_digits_random
 
-Writes ``report.md``, ``rewards.png``, ``best.png`` and (with ``--random_workdir``) ``topk.png``
-into ``--out`` (default: the workdir); nothing else there is touched. See ``nas_jax/report.py``.
+Writes ``report.md``, ``rewards.png``, ``best.png`` (CNN and cell spaces) and (with
+``--random_workdir``) ``topk.png`` into ``--out`` (default: the workdir); nothing else there is
+touched. See ``nas_jax/report.py``.
 """
 
 import os

@@ -42,7 +42,7 @@ def main(argv):
     from nas_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.tune_malloc()
   from nas_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.show_search_progress()  # INFO lines of the search, none of orbax's
+  runtime.show_search_progress(set_verbosity=False)  # none of orbax's INFO lines
   import jax  # pylint: disable=g-import-not-at-top
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)

@@ -42,6 +42,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   multihost_utils.process_allgather(np.zeros((1,), np.int32))
 
 
+CHUNK_BYTES = 1 << 20
+
+
 @dataclasses.dataclass
 class Cluster:
   """This process's place in the search: index, count, and the key-value store between them."""
@@ -66,7 +69,14 @@ class Cluster:
     return client
 
   def publish(self, key: str, value: bytes) -> None:
-    self._client().key_value_set_bytes(f"{self.prefix}/{key}", value)
+    """Stores ``value`` under ``key`` for the other processes, in chunks of ``CHUNK_BYTES`` (gRPC
+    refuses large messages); the first chunk, written last, says how many there are."""
+    client = self._client()
+    chunks = [value[i:i + CHUNK_BYTES] for i in range(0, len(value), CHUNK_BYTES)] or [b""]
+    for i, chunk in enumerate(chunks[1:], 1):
+      client.key_value_set_bytes(f"{self.prefix}/{key}#{i}", chunk)
+    head = len(chunks).to_bytes(4, "little") + chunks[0]
+    client.key_value_set_bytes(f"{self.prefix}/{key}", head)
 
   def fetch(self, key: str, timeout_s: float, poll_s: float = 2.0) -> bytes:
     """The value another process published under ``key``; waits up to ``timeout_s``.
@@ -80,7 +90,10 @@ class Cluster:
       wait = max(0.0, min(poll_s, deadline - time.monotonic()))
       t0 = time.monotonic()
       try:
-        return client.blocking_key_value_get_bytes(f"{self.prefix}/{key}", int(wait * 1000) + 1)
+        head = client.blocking_key_value_get_bytes(f"{self.prefix}/{key}", int(wait * 1000) + 1)
+        count = int.from_bytes(head[:4], "little")
+        return head[4:] + b"".join(client.blocking_key_value_get_bytes(
+            f"{self.prefix}/{key}#{i}", 60_000) for i in range(1, count))
       except Exception:  # pylint: disable=broad-except  (XlaRuntimeError: DEADLINE_EXCEEDED)
         if time.monotonic() - t0 < wait / 2:  # failed at once (coordinator gone?): don't spin
           time.sleep(wait / 2)

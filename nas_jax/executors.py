@@ -8,7 +8,7 @@ search loop can record each child as soon as it is done):
   spread over them, one Python thread per device dispatching its children asynchronously (JAX
   releases the GIL while a device computes), and the results come back in order. A compiled
   program belongs to one device, so a child whose architecture already ran on a device goes back
-  there unless that device is busier (:func:`assign_devices`);
+  there unless that device is busier by more than a compile, as measured (:func:`assign_devices`);
 * ``vmap`` (CNN spaces, ``config.child.executor="vmap"``): the m children of a step trained
   together in one program over a masked max-size network (``nas_jax.masked_cnn``), compiled once
   per depth; with several local devices the children axis is sharded over them (``shard_map``);
@@ -45,9 +45,9 @@ def make_evaluator(cfg):
     def evaluate_cells(space, archs, corpus, keys):
       if not archs:
         return []
-      return cell_children.evaluate_cells(space, archs, corpus, lm_cfg, keys,
-                                           reward_constant=float(cfg.lm_child.reward_constant),
-                                           vmap=cfg.lm_child.vmap, log_fn=log_fn)
+      return _all_or_failed(archs, lambda: cell_children.evaluate_cells(
+          space, archs, corpus, lm_cfg, keys, reward_constant=float(cfg.lm_child.reward_constant),
+          vmap=cfg.lm_child.vmap, log_fn=log_fn))
     return evaluate_cells
 
   train_cfg = config_lib.train_config(cfg)
@@ -71,12 +71,23 @@ def make_evaluator(cfg):
     def evaluate_vmap(space, archs, dataset, keys):
       if not archs:
         return []
-      return masked_cnn.evaluate_masked(space, archs, placed(dataset, replicated), train_cfg,
-                                        keys, devices=tuple(devices), log_fn=log_fn)
+      return _all_or_failed(archs, lambda: masked_cnn.evaluate_masked(
+          space, archs, placed(dataset, replicated), train_cfg, keys, devices=tuple(devices),
+          log_fn=log_fn))
     return evaluate_vmap
-  pool = (concurrent.futures.ThreadPoolExecutor(len(devices), thread_name_prefix="child")
-          if len(devices) > 1 else None)
+  # One single-thread queue per device: a child runs on the device it was assigned to.
+  pools = ([concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"child-{d}")
+            for d in range(len(devices))] if len(devices) > 1 else None)
   compiled_on = collections.OrderedDict()  # model -> indices of the devices it was compiled for
+  # Wall seconds of recent children that compiled on their device (cold) and that did not (warm):
+  # their ratio is the compile cost assign_devices weighs, as measured on this workload.
+  seconds = {True: collections.deque(maxlen=32), False: collections.deque(maxlen=32)}
+
+  def compile_cost() -> float:
+    if not (seconds[True] and seconds[False]):
+      return DEFAULT_COMPILE_COST
+    ratio = (sum(seconds[True]) / len(seconds[True])) / (sum(seconds[False]) / len(seconds[False]))
+    return min(max(ratio - 1.0, 0.0), 100.0)
 
   def evaluate_one(model, dataset, key):
     if isinstance(model, Exception):  # the user's space could not build this child
@@ -85,24 +96,38 @@ def make_evaluator(cfg):
 
   def evaluate_exact(space, archs, dataset, keys):
     models = [_build(space, arch, dataset.num_classes) for arch in archs]
-    if pool is None:
+    if pools is None:
       for model, key in zip(models, keys):
         yield evaluate_one(model, placed(dataset, devices[0]), key)
       return
     built = [k for k, model in enumerate(models) if not isinstance(model, Exception)]
-    where = [0] * len(models)
-    for k, d in zip(built, assign_devices([models[k] for k in built], len(devices), compiled_on)):
-      where[k] = d
-    futures = [pool.submit(evaluate_one, model, placed(dataset, devices[d]), key)
+    known = {models[k]: set(compiled_on.get(models[k], ())) for k in built}
+    where, cold = [0] * len(models), [False] * len(models)
+    for k, d in zip(built, assign_devices([models[k] for k in built], len(devices), compiled_on,
+                                          compile_cost())):
+      where[k], cold[k] = d, d not in known[models[k]]
+      known[models[k]].add(d)
+    futures = [pools[d].submit(evaluate_one, model, placed(dataset, devices[d]), key)
                for model, key, d in zip(models, keys, where)]
     try:
-      for d, f in zip(where, futures):  # in order, so the search records each child at once
+      for k, f in enumerate(futures):  # in order, so the search records each child at once
         r = f.result()
-        yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[d])})
+        if k in built and not r.failed:
+          seconds[cold[k]].append(r.seconds)
+        yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[where[k]])})
     finally:  # the search stopped early (error, Ctrl-C): don't start the step's other children
       for f in futures:
         f.cancel()
   return evaluate_exact
+
+
+def _all_or_failed(archs, evaluate) -> list:
+  """``evaluate()`` (the results of a step's children trained together), or, if it raised (out
+  of memory, say), every child failed with that error."""
+  try:
+    return evaluate()
+  except Exception as e:  # pylint: disable=broad-except
+    return [child.failed_result(e)] * len(archs)
 
 
 def _build(space, arch, num_classes):
@@ -113,13 +138,19 @@ def _build(space, arch, num_classes):
     return e
 
 
+DEFAULT_COMPILE_COST = 1.5  # compile / training time of a child, until measured (digits on CPU)
+
+
 def assign_devices(models, num_devices: int, compiled_on: collections.OrderedDict,
-                   compile_cost: float = 1.5, remember: int = child.MAX_COMPILED) -> list[int]:
+                   compile_cost: float = DEFAULT_COMPILE_COST,
+                   remember: int = child.MAX_COMPILED) -> list[int]:
   """A device index per child: the one that would finish it first, counting compile time.
 
   A child costs 1 on a device its architecture was compiled for and ``1 + compile_cost``
   elsewhere (XLA programs are compiled per device: the same child on a second device compiles
-  again). Greedy in child order, ties to the lowest index, so the plan is deterministic.
+  again); the exact executor passes the cost it measured (seconds of children that compiled over
+  those that did not, minus 1). Each device runs its children one after another. Greedy in child
+  order, ties to the lowest index, so the plan is deterministic.
   ``compiled_on`` (model -> set of device indices, the ``remember`` most recent models) is
   updated in place.
   """

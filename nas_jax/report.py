@@ -37,6 +37,7 @@ REPORT_FILES = ("report.md", "rewards.png", "topk.png", "best.png")
 ``topk.png`` only with a second run, ``best.png`` only for a space in ``DIAGRAM_SPACES``."""
 
 DIAGRAM_SPACES = ("cnn", "rnn_cell")
+_SPACE_CLASSES = {"cnn": "CNNSpace", "rnn_cell": "RNNCellSpace"}
 """The search spaces (``config.search_space.name``) that :func:`draw_architecture` draws."""
 
 _DPI = 110
@@ -70,10 +71,14 @@ def load_run(workdir: str) -> dict[str, Any]:
 
 
 def space_name(run: dict[str, Any]) -> str:
-  """The search space's name: ``config.json``'s ``search_space.name`` if the architectures' JSON
-  form is that space's (``layers``: "cnn", ``nodes``: "rnn_cell"); "custom" for a space of the
-  user's (``run_search(..., space=...)`` keeps the config's name); else guessed from the JSON."""
+  """The search space's name: ``config.json``'s ``search_space.name``; "custom" for a space of the
+  user's (``run_search(..., space=...)`` keeps the config's name but records the space's class);
+  without a config, guessed from the architectures' JSON form (``layers``: "cnn", ``nodes``:
+  "rnn_cell")."""
   name = run.get("config", {}).get("search_space.name")
+  space_class = run.get("config", {}).get("search_space.class")  # the space run_search used
+  if space_class and space_class != _SPACE_CLASSES.get(name):
+    return "custom"
   arch = run["rows"][0].get("arch") if run.get("rows") else None
   guess = "unknown"
   if isinstance(arch, dict) and "layers" in arch:
@@ -220,6 +225,14 @@ def _run_styles(labels: Sequence[str]) -> dict[str, Any]:
       out[label] = solid[i % len(solid)]
       i += 1
   return out
+
+
+def _style_legend(labels: Sequence[str]) -> str:
+  """Which line style is which run, in words (as :func:`_run_styles` draws them)."""
+  names = {"-": "solid", "--": "dashed", "-.": "dash-dot"}
+  styles = _run_styles(labels)
+  return ", ".join(f"{names.get(styles[l], 'dotted') if isinstance(styles[l], str) else 'dotted'}: "
+                   f"{l}" for l in labels)
 
 
 def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
@@ -820,7 +833,7 @@ def write_report(workdir: str, random_workdir: str | None = None,
               title="Top-k mean reward among the first n architectures")
     md += ["", "## Top-k rewards vs architectures evaluated", "",
            f"For k = 1, 5, 15: the mean of the k best rewards among the first n architectures "
-           f"(as Fig. 6 of Zoph & Le, 2017); solid: {labels[0]}, dashed: {labels[1]}. The lower "
+           f"(as Fig. 6 of Zoph & Le, 2017); {_style_legend(labels)}. The lower "
            f"panel is the difference {labels[0]} − {labels[1]}.", "", "![top-k](topk.png)"]
 
   best = analysis.best_row(rows)

@@ -53,15 +53,17 @@ class _DropLibraryInfo:
     return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
-def show_search_progress() -> None:
+def show_search_progress(set_verbosity: bool = True) -> None:
   """Shows the search's INFO log (one line per controller step) without orbax's INFO chatter.
 
   For notebooks and scripts that call ``nas_jax.search.run_search`` themselves (the experiment
-  scripts already do this); warnings of every library still show.
+  scripts already do this, with ``set_verbosity=False`` so that ``--verbosity`` still rules);
+  warnings of every library still show.
   """
   import logging  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  absl_logging.set_verbosity(absl_logging.INFO)
+  if set_verbosity:
+    absl_logging.set_verbosity(absl_logging.INFO)
   for handler in [absl_logging.get_absl_handler(), *logging.getLogger().handlers]:
     if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
       handler.addFilter(_DropLibraryInfo())

@@ -161,54 +161,58 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
   host = (lambda t: jax.tree.map(np.asarray, t)) if cluster.count > 1 else (lambda t: t)
   manager = history = steps_log = tensorboard = None
   start, kept, pending = 0, [], {}
-  if primary:
-    options = {}
-    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if cluster.count > 1:  # only process 0 touches the checkpoints
-      os.makedirs(ckpt_dir, exist_ok=True)
-      options = {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
-          primary_host=0, active_processes={0})}
-    manager = ocp.CheckpointManager(
-        ckpt_dir,
-        options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
-                                             enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True, **options))
-    # A checkpoint is only taken if its step's line in steps.jsonl was written too (the line
-    # follows the save); workdirs of versions without steps.jsonl are not checked.
-    steps_path = os.path.join(workdir, "steps.jsonl")
-    step_rows = analysis.read_history(steps_path)
-    logged = {r["step"] for r in step_rows} if os.path.exists(steps_path) else None
-    start, state = _restore(manager, state, host, logged, workdir)
-    if cluster.count > 1:
-      state = jax.tree.map(jnp.asarray, state)
+  try:  # on an error before the loop, close what was opened
+    if primary:
+      options = {}
+      ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+      if cluster.count > 1:  # only process 0 touches the checkpoints
+        os.makedirs(ckpt_dir, exist_ok=True)
+        options = {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
+            primary_host=0, active_processes={0})}
+      manager = ocp.CheckpointManager(
+          ckpt_dir,
+          options=ocp.CheckpointManagerOptions(max_to_keep=cfg.search.keep_checkpoints,
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True, **options))
+      # A checkpoint is only taken if its step's line in steps.jsonl was written too (the line
+      # follows the save); workdirs of versions without steps.jsonl are not checked.
+      steps_path = os.path.join(workdir, "steps.jsonl")
+      step_rows = analysis.read_history(steps_path)
+      logged = {r["step"] for r in step_rows} if os.path.exists(steps_path) else None
+      start, state = _restore(manager, state, host, logged, workdir)
+      if cluster.count > 1:
+        state = jax.tree.map(jnp.asarray, state)
 
-    # History: rows of finished steps are kept; rows of later steps (the interrupted one, or more
-    # after a fall back to an older checkpoint) are reused where the tokens match, and stay on
-    # disk until a row that differs is written in their place (a kill meanwhile loses nothing).
-    history_path = os.path.join(workdir, "history.jsonl")
-    rows = analysis.read_history(history_path)
-    kept = [r for r in rows if r["step"] < start]
-    later = [r for r in rows if r["step"] >= start]
-    pending = {(r["step"], r["index"]): r for r in later}
-    _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept + later))
-    history = _HistoryFile(history_path, kept, later)
-    # Per controller step: where the time went and the controller's metrics (steps.jsonl).
-    step_rows = [r for r in step_rows if r["step"] < start]
-    _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
-    steps_log = open(steps_path, "a")  # pylint: disable=consider-using-with
-    if cfg.search.tensorboard:
-      tensorboard = summaries.Writer(workdir)
-  raised = _RaisedChildren(kept)
-  if cluster.count > 1:
-    if m < cluster.count:
-      logging.warning("%d processes but %d children per step: %d processes stay idle; use a "
-                      "multiple of the process count", cluster.count, m, cluster.count - m)
-    per_host = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
-                "search.gather_timeout_s", "search.tensorboard")  # may differ between hosts
-    digest = hashlib.sha256(json.dumps({k: v for k, v in cfg_json.items() if k not in per_host},
-                                       sort_keys=True).encode()).hexdigest()
-    start, state, pending, raised = _share_start(cluster, start, state, pending, raised, digest,
-                                                 timeout_s)
+      # History: rows of finished steps are kept; rows of later steps (the interrupted one, or more
+      # after a fall back to an older checkpoint) are reused where the tokens match, and stay on
+      # disk until a row that differs is written in their place (a kill meanwhile loses nothing).
+      history_path = os.path.join(workdir, "history.jsonl")
+      rows = analysis.read_history(history_path)
+      kept = [r for r in rows if r["step"] < start]
+      later = [r for r in rows if r["step"] >= start]
+      pending = {(r["step"], r["index"]): r for r in later}
+      _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in kept + later))
+      history = _HistoryFile(history_path, kept, later)
+      # Per controller step: where the time went and the controller's metrics (steps.jsonl).
+      step_rows = [r for r in step_rows if r["step"] < start]
+      _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows))
+      steps_log = open(steps_path, "a")  # pylint: disable=consider-using-with
+      if cfg.search.tensorboard:
+        tensorboard = summaries.Writer(workdir, purge_step=start + 1)  # points of redone steps go
+    raised = _RaisedChildren(kept)
+    if cluster.count > 1:
+      if m < cluster.count:
+        logging.warning("%d processes but %d children per step: %d processes stay idle; use a "
+                        "multiple of the process count", cluster.count, m, cluster.count - m)
+      per_host = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
+                  "search.gather_timeout_s", "search.tensorboard")  # may differ between hosts
+      digest = hashlib.sha256(json.dumps({k: v for k, v in cfg_json.items() if k not in per_host},
+                                         sort_keys=True).encode()).hexdigest()
+      start, state, pending, raised = _share_start(cluster, start, state, pending, raised, digest,
+                                                   timeout_s)
+  except BaseException:
+    _close(history, steps_log, manager, tensorboard)
+    raise
 
   num_steps = cfg.search.num_steps
   t_start, done_here = time.time(), 0
@@ -283,11 +287,11 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
             "entropy": float(info["entropy"]), **metrics,
             "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
             "save_seconds": round(time.time() - t0, 4), "seconds": round(time.time() - t_step, 4)}
-        steps_log.write(json.dumps(step_row) + "\n")
-        steps_log.flush()
-        if tensorboard is not None:
+        if tensorboard is not None:  # before the steps.jsonl line, which marks the step done
           tensorboard.write_step(step, summaries.step_scalars(
               step_row, rows, best["reward"] if best else None, rate * 60 if done_here else None))
+        steps_log.write(json.dumps(step_row) + "\n")
+        steps_log.flush()
       else:
         best = analysis.best_row(kept)
       raised.stop_if_all_raised()
@@ -299,15 +303,21 @@ def _run_search(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_bat
           step + 1, num_steps, num_layers, rewards.mean(), rewards.max(),
           fmt(metrics.get("baseline")), info["entropy"], fmt(metrics.get("loss")),
           best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
+    if primary:  # the search ran to its end: rows of steps past num_steps go
+      history.drop_the_rest()
   finally:
-    for f in (history, steps_log, manager, tensorboard):
-      if f is not None:
-        f.close()
+    _close(history, steps_log, manager, tensorboard)
   if primary:  # also after a kill at the end
     best = _write_summary(workdir, kept, max(start, num_steps), space)
   else:
     best = analysis.best_row(kept)
   return SearchResult(best, len(kept), workdir)
+
+
+def _close(*files) -> None:
+  for f in files:
+    if f is not None:
+      f.close()
 
 
 def _restore(manager, state, host, logged: set[int] | None, workdir: str):
@@ -382,6 +392,12 @@ class _HistoryFile:
 
   def sync(self) -> None:
     os.fsync(self._f.fileno())
+
+  def drop_the_rest(self) -> None:
+    """Cuts rows still waiting to be reused (the search ended before their steps)."""
+    if self._later:
+      self._later = []
+      self._f.truncate()
 
   def close(self) -> None:
     self._f.close()

@@ -62,10 +62,12 @@ def step_scalars(step_row: dict, children: list[dict], best_reward: float | None
 class Writer:
   """Writes :func:`step_scalars` to ``workdir/tensorboard`` at global step = controller step + 1."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, purge_step: int | None = None):
+    """``purge_step``: TensorBoard hides points at this global step and later from earlier event
+    files (a resumed search redoes the steps after its checkpoint)."""
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.logdir = os.path.join(workdir, SUBDIR)
-    self._writer = SummaryWriter(self.logdir)
+    self._writer = SummaryWriter(self.logdir, purge_step=purge_step)
 
   def write_step(self, step: int, scalars: dict[str, float]) -> None:
     for name, value in scalars.items():

@@ -343,3 +343,18 @@ def test_cli_bad_config_file_is_one_line(tmp_path, config, message):
   assert last.startswith("error: flag --config") and message in last, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_children_trained_together_that_raise_are_recorded_as_failed(monkeypatch):
+  # The vmapped executors train a step's children in one program: an error there (out of memory,
+  # say) fails those children, and the search's all-raised rule decides whether to go on.
+  from nas_jax import cell_children, executors  # pylint: disable=import-outside-toplevel
+
+  def out_of_memory(*args, **kwargs):
+    raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 12 GiB")
+  monkeypatch.setattr(cell_children, "evaluate_cells", out_of_memory)
+  cfg = load_config("rnn_ptb_cpu", "quick")
+  results = executors.make_evaluator(cfg)(None, ["cell a", "cell b"], None, [None, None])
+  assert len(results) == 2
+  assert all(r.failed and r.reward == 0.0 and r.error.startswith("MemoryError: RESOURCE_EXHAUSTED")
+             for r in results)

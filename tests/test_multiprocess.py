@@ -95,3 +95,34 @@ def test_processes_with_different_configs_refuse_to_run(tmp_path):
   assert "runs another config than process 0" in err1, err1
   err0 = (tmp_path / "p0.log").read_text().strip().splitlines()[-1]
   assert err0.startswith("error: process 1 stopped: DistributedError"), err0
+
+
+class _FakeKeyValueStore:
+  """The coordination service client's key-value calls, over a dict (refusing values > 1 MiB)."""
+
+  def __init__(self):
+    self.values = {}
+
+  def key_value_set_bytes(self, key, value):
+    assert len(value) <= (1 << 20) + 4, "gRPC would refuse this message"
+    self.values[key] = value
+
+  def blocking_key_value_get_bytes(self, key, timeout_ms):
+    return self.values[key]
+
+  def key_value_try_get_bytes(self, key):
+    return self.values[key]
+
+
+def test_large_values_travel_in_chunks(monkeypatch):
+  from nas_jax import distributed  # pylint: disable=import-outside-toplevel
+  store = _FakeKeyValueStore()
+  monkeypatch.setattr(distributed.Cluster, "_client", lambda self: store)
+  cluster = distributed.Cluster(0, 2, "nas_jax/run9")
+  big = bytes(range(256)) * (10 * 1024 + 7)     # 2.5 MiB: three chunks
+  cluster.publish("start/info", big)
+  cluster.publish("empty", b"")
+  assert sorted(store.values) == ["nas_jax/run9/empty", "nas_jax/run9/start/info",
+                                  "nas_jax/run9/start/info#1", "nas_jax/run9/start/info#2"]
+  assert distributed.Cluster(1, 2, "nas_jax/run9").fetch("start/info", timeout_s=1) == big
+  assert cluster.fetch("empty", timeout_s=1) == b""

@@ -81,8 +81,9 @@ def test_a_search_writes_one_point_per_controller_step(tmp_path):
     assert [v for _, v in scalars[tag]] == pytest.approx([r[key] for r in steps], rel=1e-6)
   assert len(scalars["speed/children_per_hour"]) == 3
   assert all(v > 0 for _, v in scalars["speed/children_per_hour"])
+  # The fake child's accuracy is its reward - 0.01.
   assert [v for _, v in scalars["child/val_accuracy_mean"]] == pytest.approx(
-      [r["reward_mean"] - 0.01 for r in steps], rel=1e-5)   # the fake child: accuracy = reward - 0.01
+      [r["reward_mean"] - 0.01 for r in steps], rel=1e-5)
   cfg = fake_config(steps=1)
   cfg.search.tensorboard = False
   search.run_search(cfg, str(tmp_path / "off"), space=MLPSpace(), dataset=_NO_DATA,

@@ -1,4 +1,4 @@
-"""The experiment configs, as a package (``experiments/configs/*.py`` re-export them for ``--config``).
+"""The experiment configs, as a package (``experiments/configs/*.py`` re-export them).
 
 >>> from nas_jax.configs import cnn_digits
 >>> cfg = cnn_digits.get_config()          # the README's main job; get_config("quick") for tests
