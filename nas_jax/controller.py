@@ -129,10 +129,6 @@ class _PlanArrays:
       n += s.kind != CHOICE
     self.anchor_slot = np.array(anchor_slot, np.int32)
     self.num_bits = np.array([0 if s.kind == CHOICE else s.layer for s in plan], np.int32)
-    # choice_mask[d, c]: is c a valid choice of decision d
-    self.choice_mask_DxC = np.zeros((len(decisions), _max_choices(decisions)), bool)
-    for i, dec in enumerate(decisions):
-      self.choice_mask_DxC[i, :dec.num_choices] = True
     # flat position p -> (step, bit) where bit = -1 means "the choice token"
     step_of, bit_of = [], []
     for si, s in enumerate(plan):
@@ -211,10 +207,8 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
               jnp.zeros((m, num_steps, n_anchor), jnp.int32))
   scan_xs = (xs["is_choice"], xs["decision"], xs["anchor_slot"], xs["num_bits"], xs["active"],
              keys, forced[0].T, jnp.swapaxes(forced[1], 0, 1))
-  mask_DxC = np.zeros((len(decisions), _max_choices(decisions)), bool)
-  for i, dec in enumerate(decisions):
-    mask_DxC[i, :dec.num_choices] = True
-  mask_DxC = jnp.asarray(mask_DxC)
+  mask_DxC = jnp.asarray(np.arange(_max_choices(decisions)) < np.array(
+      [[dec.num_choices] for dec in decisions]))   # is c a valid choice of decision d
 
   def step(carry, x):
     inp, lstm_state, anchors_h, anchors_prev = carry
