@@ -27,8 +27,10 @@ _LEVEL = flags.DEFINE_enum("level", "char", ["char", "word"], "PTB level of the 
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from nas_jax import cell_children, config as config_lib, ptb, searchers  # pylint: disable=g-import-not-at-top
-  from nas_jax.search_spaces import rnn_cell  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import cell_children, ptb  # pylint: disable=g-import-not-at-top
+  from nas_jax import config as config_lib
+  from nas_jax.core import searchers
+  from nas_jax.spaces import rnn_cell  # pylint: disable=g-import-not-at-top
 
   exp = common.load_experiment("rnn_ptb_cpu")
   exp.data.level = _LEVEL.value

@@ -7,10 +7,10 @@ Trains the same N architectures (``--archs``: a JSON list of architectures in th
 or a ``history.jsonl``; default: N random ones of the workload's first depth, seed 0) with each
 executor, in controller-step batches of m=8, at the workload's child budget:
 
-* ``exact``: one program per distinct architecture at its exact shapes (``nas_jax.child``);
+* ``exact``: one program per distinct architecture at its exact shapes (``nas_jax.training.child``);
 * ``vmap``: the m children of a batch in one program over a masked max-size network
-  (``nas_jax.masked_cnn``), one compilation per depth; its convs written out one per child
-  (``vmap_grouped``: plain ``jax.vmap``, whose convs become one grouped convolution);
+  (``nas_jax.training.masked_children``), one compilation per depth; its convs written out one
+  per child (``vmap_grouped``: plain ``jax.vmap``, whose convs become one grouped convolution);
 * ``naive``: what a first JAX port does: a fresh ``jax.jit`` per child with the epoch's training
   steps inside ``lax.scan`` (``--naive_children`` of them; it is slow on CPU).
 
@@ -46,7 +46,7 @@ _JSON = flags.DEFINE_string("json", "benchmarks/results/child_throughput.json", 
 def workload(name: str):
   """(experiment config, dataset) of a workload; CIFAR-10 shapes use synthetic images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nas_jax import data  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import data  # pylint: disable=g-import-not-at-top
   if name == "digits":
     return common.load_experiment("cnn_digits"), data.load_dataset("digits")
   cfg = common.load_experiment("cnn_cifar10", "quick")
@@ -89,9 +89,9 @@ def naive_evaluate(space, arch, dataset, cfg, key):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from nas_jax import child, data as data_lib  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import data as data_lib, trainer  # pylint: disable=g-import-not-at-top
   model = space.build(arch, dataset.num_classes)
-  tx = child._make_optimizer(cfg)  # pylint: disable=protected-access
+  tx = trainer.make_optimizer(cfg)
   x_all, y_all = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
 
   def epoch(params, stats, opt_state, idx_SxB, key):
@@ -147,7 +147,7 @@ def exact_train_flops(space, archs, dataset, cfg) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nas_jax import child  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import child  # pylint: disable=g-import-not-at-top
   n = dataset.train_images.shape[0]
   bs = min(cfg.batch_size, n)
   steps = (n // bs) * cfg.epochs
@@ -158,8 +158,8 @@ def exact_train_flops(space, archs, dataset, cfg) -> float:
     if arch not in per_arch:
       progs = child._programs(space.build(arch, dataset.num_classes), cfg, bool(dataset.augment))  # pylint: disable=protected-access
       params, stats, opt = progs.init(jax.random.key(0), x[:1])
-      cost = progs.train_step.lower(params, stats, opt, x, y, np.arange(bs), jax.random.key(0),
-                                    0).compile().cost_analysis()
+      cost = progs.train_step.lower(params, stats, opt, None, x, y, np.arange(bs),
+                                    jax.random.key(0), 0).compile().cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       per_arch[arch] = float(cost.get("flops", 0.0)) * steps
     total += per_arch[arch]
@@ -170,8 +170,10 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from nas_jax import child, config as config_lib, searchers  # pylint: disable=g-import-not-at-top
-  from nas_jax.search_spaces import cnn  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import child  # pylint: disable=g-import-not-at-top
+  from nas_jax import config as config_lib
+  from nas_jax.core import searchers
+  from nas_jax.spaces import cnn  # pylint: disable=g-import-not-at-top
 
   exp, dataset = workload(_WORKLOAD.value)
   space = config_lib.search_space(exp)
@@ -204,11 +206,11 @@ def main(argv):
             for a, k in zip(batch_archs, batch_keys)]
 
   def run_vmap(batch_archs, batch_keys, conv_batching="unrolled"):
-    from nas_jax import masked_cnn  # pylint: disable=g-import-not-at-top
+    from nas_jax.training import masked_children  # pylint: disable=g-import-not-at-top
     out = []
     for d in sorted({len(a.layers) for a in batch_archs}):  # one vmapped program per depth
       idx = [i for i, a in enumerate(batch_archs) if len(a.layers) == d]
-      out += list(zip(idx, masked_cnn.evaluate_masked(
+      out += list(zip(idx, masked_children.evaluate_masked(
           space, [batch_archs[i] for i in idx], dev_data, cfg, [batch_keys[i] for i in idx],
           conv_batching=conv_batching)))
     return [r for _, r in sorted(out, key=lambda t: t[0])]
@@ -220,8 +222,8 @@ def main(argv):
     jax.clear_caches()
     child._programs.cache_clear()  # pylint: disable=protected-access
     try:
-      from nas_jax import masked_cnn  # pylint: disable=g-import-not-at-top
-      for fn in vars(masked_cnn).values():
+      from nas_jax.training import masked_children  # pylint: disable=g-import-not-at-top
+      for fn in vars(masked_children).values():
         if hasattr(fn, "cache_clear"):
           fn.cache_clear()
     except ImportError:
@@ -258,7 +260,7 @@ def main(argv):
       res[p] = {"seconds": wall, "children_per_hour": len(these) * 3600 / wall,
                 "compiles": c1 - c0, "cache_hits": h1 - h0, "compile_seconds": s1 - s0}
       if name != "naive":
-        rewards[name] = [r.val_accuracy for r in results]
+        rewards[name] = [r.metrics["val_accuracy"] for r in results]
     out["executors"][name] = res
 
   # The same architectures and keys (initial weights drawn differently per executor): similar
@@ -275,7 +277,7 @@ def main(argv):
     res["fraction_of_matmul_peak"] = res["useful_gflops_per_s"] * 1e9 / peak
 
   # Controller: sample + REINFORCE update of one step of m children at the first depth.
-  from nas_jax import reinforce  # pylint: disable=g-import-not-at-top
+  from nas_jax.core import reinforce  # pylint: disable=g-import-not-at-top
   searcher = searchers.ReinforceSearcher(config_lib.reinforce_config(exp))
   state = searcher.init(jax.random.key(0), space.decisions)
   plan = space.plan(depths[0])

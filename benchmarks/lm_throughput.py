@@ -35,7 +35,7 @@ _JSON = flags.DEFINE_string("json", "benchmarks/results/lm_throughput.json", "Ou
 
 def jax_runner(corpus, hidden, segments):
   import jax  # pylint: disable=g-import-not-at-top
-  from nas_jax import lm, ptb  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import lm, ptb  # pylint: disable=g-import-not-at-top
   cfg = lm.LMConfig(hidden_size=hidden, embed_size=hidden)
   cell = lm.lstm_cell()
   params = lm.init_params(jax.random.key(0), len(corpus.vocab), cell, cfg)
@@ -65,7 +65,7 @@ def torch_runner(corpus, hidden, segments):
   except ImportError:
     return None
   from torch import nn  # pylint: disable=g-import-not-at-top
-  from nas_jax import ptb  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import ptb  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   vocab, batch, bptt = len(corpus.vocab), 20, 20
 
@@ -119,7 +119,7 @@ def worker(impl: str) -> None:
   if _TUNE.value:
     from nas_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.tune_malloc()
-  from nas_jax import ptb  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import ptb  # pylint: disable=g-import-not-at-top
   corpus = ptb.load_ptb("word")
   make = jax_runner if impl == "jax" else torch_runner
   timed = make(corpus, _HIDDEN.value, _SEGMENTS.value)

@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from nas_jax import analysis
+from nas_jax.tools import analysis
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated search workdirs.")
 _JSON = flags.DEFINE_string("json", "", "Optional path for the numbers as JSON.")
@@ -26,7 +26,7 @@ def main(argv):
       rows = analysis.load_history(w)
     except FileNotFoundError:
       sys.exit(f"error: --workdirs: no history.jsonl in {w}; run experiments/search.py there first")
-    results[w] = analysis.summarize(rows)
+    results[w] = analysis.summarize(rows, metric=analysis.load_metric(w))
   keys = [k for k in next(iter(results.values())) if k != "best_description"]
   print("| workdir | " + " | ".join(keys) + " |")
   print("|---" * (len(keys) + 1) + "|")

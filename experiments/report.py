@@ -2,9 +2,10 @@
 
   python experiments/report.py --workdir /tmp/nas_digits --random_workdir /tmp/nas_digits_random
 
-Writes ``report.md``, ``rewards.png``, ``best.png`` (CNN and cell spaces) and (with
+Writes ``report.md``, ``rewards.png``, ``best.png`` (for a space with a diagram) and (with
 ``--random_workdir``) ``topk.png`` into ``--out`` (default: the workdir); nothing else there is
-touched. See ``nas_jax/report.py``.
+touched. The space and the children's metric come from the workdir's ``config.json``. See
+``nas_jax/tools/report.py``.
 """
 
 import os
@@ -49,7 +50,7 @@ def main(argv):
   out = _OUT.value
   if out and os.path.exists(out) and not os.path.isdir(out):
     _fail(f"--out: {out} exists and is not a directory; pass a folder")
-  from nas_jax import analysis, report  # pylint: disable=g-import-not-at-top
+  from nas_jax.tools import analysis, report  # pylint: disable=g-import-not-at-top
   for flag, path in (("workdir", _WORKDIR.value), ("random_workdir", _RANDOM.value)):
     if path and not analysis.load_history(path):
       _fail(f"--{flag}: {os.path.join(path, 'history.jsonl')} has no rows; let the search "

@@ -48,7 +48,9 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  from nas_jax import config as config_lib, data, distributed, search  # pylint: disable=g-import-not-at-top
+  from nas_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import data
+  from nas_jax.core import distributed, search
   if _DISTRIBUTED.value or _COORDINATOR.value:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            heartbeat_timeout_s=_HEARTBEAT.value)
@@ -56,16 +58,21 @@ def main(argv):
                  jax.local_device_count())
   try:
     result = search.run_search(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, search.WorkdirMismatchError, search.ChildrenFailError,
+  except KeyboardInterrupt:
+    print("interrupted; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
+  except (config_lib.ConfigError, search.WorkdirError, search.ChildrenFailError,
           data.DataUnavailableError, FileNotFoundError, distributed.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  best = result.best
+  except OSError as e:  # outside the workdir (the data, the compilation cache, ...)
+    print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    sys.exit(2)
+  best, metric = result.best, result.metric.name
   if best:
-    score = (f"val_ppl {best['val_ppl']:.2f}" if "val_ppl" in best
-             else f"val_acc {best['val_accuracy']:.4f}")
-    logging.info("best of %d architectures: reward %.4g %s params %d | %s", result.num_evaluated,
-                 best["reward"], score, best["param_count"], best["description"])
+    logging.info("best of %d architectures: reward %.4g %s %.4f params %d | %s",
+                 result.num_evaluated, best["reward"], metric, best.get(metric) or float("nan"),
+                 best["param_count"], best["description"])
 
 
 def _parse_flags(argv):

@@ -29,7 +29,7 @@ def main(argv):
     from nas_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.tune_malloc()
   import jax  # pylint: disable=g-import-not-at-top
-  from nas_jax import lm, lm_cells, ptb  # pylint: disable=g-import-not-at-top
+  from nas_jax.training import lm, lm_cells, ptb  # pylint: disable=g-import-not-at-top
   cfg = _CONFIG.value
   try:
     lm_cfg = lm.LMConfig(**cfg.lm.to_dict())

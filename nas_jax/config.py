@@ -9,14 +9,17 @@ and raises :class:`ConfigError` naming the field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from typing import Any
 
 import ml_collections
 
-from nas_jax import child, controller, lm, reinforce
-from nas_jax.search_spaces import SPACES, make_space
+from nas_jax.training import child, lm
+from nas_jax.core import controller, reinforce
+from nas_jax.spaces import SPACES, make_space
 
 
 class ConfigError(ValueError):
@@ -52,10 +55,18 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
   return c
 
 
-# Fields that may change between a run and its resumption (they do not change what is computed).
-RESUMABLE_CHANGES = ("search.num_steps", "search.keep_checkpoints", "search.verbose",
-                     "search.tensorboard", "data.data_dir", "child.num_devices",
-                     "search.gather_timeout_s")
+# Fields that may differ between the processes of one search (they do not change what is
+# computed), and those that may also change when a run is resumed.
+PER_HOST = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
+            "search.gather_timeout_s", "search.tensorboard")
+RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
+
+
+def run_digest(record: dict[str, Any]) -> str:
+  """A hash of what a search computes (``record``: flat config fields, per-host ones ignored)."""
+  kept = {k: v for k, v in record.items() if k not in PER_HOST}
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
 
 _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "search_space.convs_per_layer", "child.epochs", "child.batch_size",

@@ -56,7 +56,7 @@ class _DropLibraryInfo:
 def show_search_progress(set_verbosity: bool = True) -> None:
   """Shows the search's INFO log (one line per controller step) without orbax's INFO chatter.
 
-  For notebooks and scripts that call ``nas_jax.search.run_search`` themselves (the experiment
+  For notebooks and scripts that call ``nas_jax.core.search.run_search`` themselves (the experiment
   scripts already do this, with ``set_verbosity=False`` so that ``--verbosity`` still rules);
   warnings of every library still show.
   """

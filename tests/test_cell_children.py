@@ -6,8 +6,9 @@ import os
 import jax
 import numpy as np
 
-from nas_jax import cell_children, lm, ptb, search, searchers
-from nas_jax.search_spaces import rnn_cell
+from nas_jax.training import cell_children, lm, ptb
+from nas_jax.core import search, searchers
+from nas_jax.spaces import rnn_cell
 
 from test_search import load_config
 
@@ -61,7 +62,8 @@ def test_quick_cell_search_writes_perplexities(tmp_path):
 
 
 def test_the_best_cell_of_a_search_can_be_retrained(tmp_path):
-  from nas_jax import analysis, lm_cells
+  from nas_jax.tools import analysis
+  from nas_jax.training import lm_cells
   cfg = load_config("rnn_ptb_cpu", "quick")
   search.run_search(cfg, str(tmp_path))
   rows = analysis.load_history(str(tmp_path))

@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import pytest
 
-from nas_jax import child, data
-from nas_jax.search_spaces import CNNArch, CNNSpace, Layer
+from nas_jax.training import child, data, trainer
+from nas_jax.spaces import CNNArch, CNNSpace, Layer
 
 from toy_space import MLPArch, MLPSpace
 
@@ -17,7 +17,7 @@ def digits():
 
 def test_reward_is_cube_of_max_of_last_k_epochs():
   cfg = child.TrainConfig(epochs=6, reward_last_epochs=5, reward_power=3.0)
-  reward, acc = child.reward_from_accuracies([0.99, 0.5, 0.6, 0.8, 0.7, 0.75], cfg)
+  reward, acc = trainer.reward_from_accuracies([0.99, 0.5, 0.6, 0.8, 0.7, 0.75], cfg)
   assert acc == 0.8  # the 0.99 of epoch 1 is outside the last 5 epochs
   assert reward == pytest.approx(0.8 ** 3)
 
@@ -27,9 +27,9 @@ def test_digits_cnn_child_trains_above_chance(digits):
   cfg = child.TrainConfig(epochs=3, batch_size=64, reward_last_epochs=2)
   res = child.evaluate(CNNSpace().build(arch, 10), digits, cfg, jax.random.key(0))
   assert not res.failed, res.error
-  assert len(res.val_accuracies) == 3
-  assert res.val_accuracy > 0.6  # chance is 0.1
-  assert res.reward == pytest.approx(max(res.val_accuracies[-2:]) ** 3)
+  assert len(res.metrics["val_accuracies"]) == 3
+  assert res.metrics["val_accuracy"] > 0.6  # chance is 0.1
+  assert res.reward == pytest.approx(max(res.metrics["val_accuracies"][-2:]) ** 3)
   # conv 3x3x1x16 + 3x3x16x16 (no bias) + 2 BN scale/bias + dense 16x10+10
   assert res.param_count == 9 * 16 + 9 * 16 * 16 + 2 * 2 * 16 + 16 * 10 + 10
 
@@ -40,8 +40,8 @@ def test_same_key_same_result_and_user_space_trains(digits):
   cfg = child.TrainConfig(epochs=2, batch_size=64, reward_last_epochs=1)
   a = child.evaluate(model, digits, cfg, jax.random.key(3))
   b = child.evaluate(model, digits, cfg, jax.random.key(3))
-  assert not a.failed and a.val_accuracy > 0.5
-  assert a.val_accuracies == b.val_accuracies
+  assert not a.failed and a.metrics["val_accuracy"] > 0.5
+  assert a.metrics["val_accuracies"] == b.metrics["val_accuracies"]
 
 
 def test_diverging_child_fails_with_reward_zero(digits):

@@ -1,4 +1,4 @@
-"""Tests for the CNN search space (nas_jax.search_spaces.cnn): decisions, plan, depth schedule,
+"""Tests for the CNN search space (nas_jax.spaces.cnn): decisions, plan, depth schedule,
 decoding, the paper's three compile-failure rules on built models, the v3 variant, describe/JSON.
 
 Built models are checked through their parameter shapes (a conv kernel is (kh, kw, in, out), so
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax.search_spaces import CNNArch, CNNSpace, Layer, base, make_space
-from nas_jax.search_spaces.cnn import arch_from_json, concat_padded
+from nas_jax.spaces import CNNArch, CNNSpace, Layer, base, make_space
+from nas_jax.spaces.cnn import arch_from_json, concat_padded
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))   # batch 2 of 8x8, 3 channels
 

@@ -1,4 +1,4 @@
-"""Tests for nas_jax.controller: init, sampling, teacher-forced log-probs, logit shaping.
+"""Tests for nas_jax.core.controller: init, sampling, teacher-forced log-probs, logit shaping.
 
 The central checks are exact: the log-probabilities of *all* token sequences of a small plan sum to
 one (softmax masking and Bernoulli skip terms), sampling frequencies match exp(log_prob), and the
@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax import controller
-from nas_jax.search_spaces import base
-from nas_jax.search_spaces.base import Decision, anchor, choice
-from nas_jax.search_spaces.cnn import CNNSpace
+from nas_jax.core import controller
+from nas_jax.spaces import base
+from nas_jax.spaces.base import Decision, anchor, choice
+from nas_jax.spaces.cnn import CNNSpace
 
 DEFAULT = controller.ControllerConfig()
 # Weights large enough that the distributions are far from uniform (used for init only).
@@ -403,7 +403,7 @@ def test_anchor_layer_without_earlier_anchors_is_normalised_or_rejected():
 
 
 def test_a_deepening_search_compiles_sample_and_update_once_per_bucket():
-  from nas_jax import reinforce  # pylint: disable=import-outside-toplevel
+  from nas_jax.core import reinforce  # pylint: disable=import-outside-toplevel
   space = CNNSpace(start_layers=3)
   cfg = reinforce.ReinforceConfig(controller=controller.ControllerConfig(hidden_size=11))
   state = reinforce.init_state(jax.random.key(0), space.decisions, cfg)

@@ -1,8 +1,10 @@
-"""Tests for nas_jax.data: digits split, CIFAR-10 sources (archive, TFDS, missing), augmentation."""
+"""Tests for nas_jax.training.data: digits split, CIFAR-10 sources (archive, TFDS, missing), augmentation."""
 
+import builtins
 import io
 import os
 import pickle
+import struct
 import tarfile
 
 import jax
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from nas_jax import data
+from nas_jax.training import data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,8 +109,11 @@ def _pattern_chw():
   return np.stack([h * 7 + w, 255 - (h * 7 + w), w * 7 + h]).astype(np.uint8)
 
 
-def _write_cifar_archive(directory, *, drop=None):
-  """Writes cifar-10-python.tar.gz: train image i is constant per channel (10i, 255-10i, 3i)."""
+def _write_cifar_archive(directory, *, drop=None, dumps=pickle.dumps, replace=None):
+  """Writes cifar-10-python.tar.gz: train image i is constant per channel (10i, 255-10i, 3i).
+
+  ``dumps`` pickles each batch; ``replace`` maps batch names to the bytes stored instead.
+  """
   batches = {}
   for b in range(5):
     idx = np.arange(b * _N_PER_BATCH, (b + 1) * _N_PER_BATCH)
@@ -124,7 +129,7 @@ def _write_cifar_archive(directory, *, drop=None):
     for name, batch in batches.items():
       if name == drop:
         continue
-      blob = pickle.dumps(batch)
+      blob = (replace or {}).get(name) or dumps(batch)
       info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
       info.size = len(blob)
       tar.addfile(info, io.BytesIO(blob))
@@ -179,6 +184,105 @@ def test_cifar10_from_extracted_folder(tmp_path):
   for a, b in zip(from_folder, from_archive):
     if isinstance(a, np.ndarray):
       np.testing.assert_array_equal(a, b)
+
+
+class _Python2Pickler(pickle._Pickler):  # pylint: disable=protected-access
+  """Pickles as Python 2's cPickle wrote the official batches: every str and bytes a BINSTRING."""
+
+  dispatch = pickle._Pickler.dispatch.copy()  # pylint: disable=protected-access
+
+  def _save_str8(self, obj):
+    raw = obj.encode("latin1") if isinstance(obj, str) else obj
+    if len(raw) < 256:
+      self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+    else:
+      self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+    self.memoize(obj)
+
+  dispatch[bytes] = _save_str8
+  dispatch[str] = _save_str8
+
+
+def _python2_dumps(batch, *, numpy_module="numpy.core.multiarray"):
+  """A batch as the official archive holds it: protocol 2, str keys, numpy.core's _reconstruct."""
+  batch = {k.decode(): v for k, v in batch.items()}
+  batch.update(batch_label="training batch 1 of 5",
+               filenames=[f"img_{i}.png" for i in range(len(batch["labels"]))])
+  f = io.BytesIO()
+  _Python2Pickler(f, protocol=2).dump(batch)
+  blob = f.getvalue()
+  assert b"cnumpy._core.multiarray\n_reconstruct\n" in blob and b"U\x04data" in blob
+  return blob.replace(b"cnumpy._core.multiarray\n_reconstruct\n",
+                      f"c{numpy_module}\n_reconstruct\n".encode())
+
+
+@pytest.mark.parametrize("dumps", [
+    _python2_dumps,
+    lambda b: _python2_dumps(b, numpy_module="numpy._core.multiarray"),
+    lambda b: pickle.dumps(b, protocol=2),
+    lambda b: pickle.dumps(b, protocol=5),
+], ids=["python2-numpy.core", "python2-numpy._core", "protocol2", "protocol5"])
+@pytest.mark.parametrize("extract", [False, True])
+def test_cifar10_batches_in_every_pickle_spelling_load(tmp_path, dumps, extract):
+  """The safe unpickler admits the official batches' format and numpy/pickle's newer spellings."""
+  path = _write_cifar_archive(str(tmp_path), dumps=dumps)
+  if extract:
+    with tarfile.open(path) as tar:
+      tar.extractall(tmp_path, filter="data")
+    os.remove(path)
+  _check_synthetic_cifar(data.load_dataset("cifar10", str(tmp_path), num_validation=5))
+
+
+class _RunsOnUnpickle:
+  """Unpickling this calls ``fn(arg)``: what a crafted batch does to a plain pickle.load."""
+
+  def __init__(self, fn, arg):
+    self.fn, self.arg = fn, arg
+
+  def __reduce__(self):
+    return self.fn, (self.arg,)
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.eval", "inside the dict"])
+@pytest.mark.parametrize("extract", [False, True])
+def test_cifar10_crafted_batch_is_refused_before_it_runs(tmp_path, payload, extract):
+  marker = tmp_path / "pwned"
+  evil = {"os.system": _RunsOnUnpickle(os.system, f"touch {marker}"),
+          "builtins.eval": _RunsOnUnpickle(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+          "inside the dict": {b"data": np.zeros((1, 3072), np.uint8),
+                              b"labels": [_RunsOnUnpickle(os.system, f"touch {marker}")]},
+          }[payload]
+  path = _write_cifar_archive(str(tmp_path), replace={"data_batch_1": pickle.dumps(evil)})
+  if extract:
+    with tarfile.open(path) as tar:
+      tar.extractall(tmp_path, filter="data")
+    os.remove(path)
+    where = os.path.join(str(tmp_path), "cifar-10-batches-py", "data_batch_1")
+  else:
+    where = f"cifar-10-batches-py/data_batch_1 in {path}"
+  with pytest.raises(data.NotCifarBatchError) as info:
+    data.load_dataset("cifar10", str(tmp_path))
+  message = str(info.value)
+  assert message.startswith(f"{where} is not a CIFAR-10 python batch"), message
+  assert ("posix.system" in message or "os.system" in message or "builtins.eval" in message)
+  assert "\n" not in message
+  assert isinstance(info.value, data.DataUnavailableError)  # the CLI prints it as one line
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize("blob, why", [
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]})[:-40],
+     "unpickling failed"),
+    (b"not a pickle at all", "unpickling failed"),
+    (pickle.dumps([1, 2, 3]), "holds a list"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 2]}), "'data'"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}), "'labels'"),
+], ids=["truncated", "garbage", "not-a-dict", "float-data", "short-labels"])
+def test_cifar10_garbled_batch_is_refused_in_one_line(tmp_path, blob, why):
+  _write_cifar_archive(str(tmp_path), replace={"test_batch": blob})
+  with pytest.raises(data.NotCifarBatchError, match="test_batch in .* is not a CIFAR-10") as info:
+    data.load_dataset("cifar10", str(tmp_path))
+  assert why in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("extract", [False, True])

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from nas_jax import config as config_lib, executors
+from nas_jax import config as config_lib
+from nas_jax.training import evaluators as executors
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -32,6 +33,7 @@ def _search(workdir, num_devices: int, device_count: int = 8):
   return rows, steps
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_same_trajectory_as_one(tmp_path):
   one, one_steps = _search(tmp_path / "one", num_devices=1)
   eight, eight_steps = _search(tmp_path / "eight", num_devices=0)   # 0 = all 8
@@ -74,15 +76,15 @@ def test_assign_devices_remembers_a_bounded_number_of_architectures():
 _VMAP_SCRIPT = """
 import importlib.util, json, sys
 import jax
-from nas_jax import executors
-from nas_jax.search_spaces import make_space
-from nas_jax.search_spaces.cnn import CNNArch, Layer
+from nas_jax.training import data as data_lib
+from nas_jax.spaces import make_space
+from nas_jax.spaces.cnn import CNNArch, Layer
 spec = importlib.util.spec_from_file_location("cfg", "experiments/configs/cnn_digits.py")
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 cfg = module.get_config("quick")
 cfg.child.executor, cfg.child.epochs = "vmap", 2
-data = executors.load_data(cfg)
+data = data_lib.load(cfg.data, cfg.seed)
 space = make_space(cfg.search_space)
 archs = [CNNArch((Layer(3, 3, 1, 1, 8, ()), Layer(3, 5, 1, 1, 8, (0,)))),
          CNNArch((Layer(5, 3, 1, 1, 4, ()), Layer(1, 3, 1, 1, 4, ()))),
@@ -91,12 +93,13 @@ keys = [jax.random.key(i) for i in range(3)]
 out = {}
 for n in (1, 2, 8):
   cfg.child.num_devices = n
-  results = list(executors.make_evaluator(cfg)(space, archs, data, keys))
-  out[n] = [[r.reward, list(r.val_accuracies), r.param_count, r.failed] for r in results]
+  results = list(space.evaluator(cfg)(space, archs, data, keys))
+  out[n] = [[r.reward, r.metrics["val_accuracies"], r.param_count, r.failed] for r in results]
 json.dump(out, sys.stdout)
 """
 
 
+@pytest.mark.slow
 def test_vmap_children_split_over_devices_equal_one_device():
   # 3 children on 2 and on 8 devices: padded to 4 and 8, the padding's results dropped.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",

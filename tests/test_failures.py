@@ -16,7 +16,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
-from nas_jax import analysis, child, data, distributed, search
+from nas_jax.tools import analysis
+from nas_jax.training import data, trainer
+from nas_jax.core import distributed, search
 
 from test_search import (FakeEvaluator, _NO_DATA, _cli, comparable, fake_config, load_config,
                          read_rows)
@@ -292,8 +294,8 @@ def test_a_child_whose_build_raises_is_recorded_as_failed(tmp_path):
 
 def test_a_search_whose_every_child_diverges_goes_on(tmp_path):
   def diverges(space, arch, dataset, key):
-    return child.ChildResult(0.0, 0.0, (0.1,), 10, True,
-                             "FloatingPointError: training loss became nan in epoch 1", 0.0)
+    return trainer.ChildResult(0.0, {"val_accuracy": 0.0, "val_accuracies": [0.1]}, 10, True,
+                               "FloatingPointError: training loss became nan in epoch 1", 0.0)
   result = search.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(),
                              dataset=_NO_DATA, evaluate_fn=diverges)
   rows = read_rows(tmp_path)
@@ -311,8 +313,8 @@ def _tree(workdir):
 def test_cli_errors_leave_a_workdir_of_another_search_byte_identical(tmp_path):
   cfg = load_config("cnn_digits", "quick")   # the command line's config, run with a fake reward
   workdir = tmp_path / "w"
-  search.run_search(cfg, str(workdir), dataset=_NO_DATA, evaluate_fn=lambda *a: child.ChildResult(
-      0.5, 0.5, (0.5,), 1, False, "", 0.0))
+  search.run_search(cfg, str(workdir), dataset=_NO_DATA, evaluate_fn=lambda *a: trainer.ChildResult(
+      0.5, {"val_accuracy": 0.5, "val_accuracies": [0.5]}, 1, False, "", 0.0))
   before = _tree(workdir)
   assert {"config.json", "history.jsonl", "steps.jsonl", "summary.json"} <= set(before)
   assert any(p.startswith("checkpoints") for p in before)
@@ -348,13 +350,13 @@ def test_cli_bad_config_file_is_one_line(tmp_path, config, message):
 def test_children_trained_together_that_raise_are_recorded_as_failed(monkeypatch):
   # The vmapped executors train a step's children in one program: an error there (out of memory,
   # say) fails those children, and the search's all-raised rule decides whether to go on.
-  from nas_jax import cell_children, executors  # pylint: disable=import-outside-toplevel
+  from nas_jax.training import cell_children, evaluators  # pylint: disable=import-outside-toplevel
 
   def out_of_memory(*args, **kwargs):
     raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 12 GiB")
   monkeypatch.setattr(cell_children, "evaluate_cells", out_of_memory)
   cfg = load_config("rnn_ptb_cpu", "quick")
-  results = executors.make_evaluator(cfg)(None, ["cell a", "cell b"], None, [None, None])
+  results = evaluators.cells(cfg)(None, ["cell a", "cell b"], None, [None, None])
   assert len(results) == 2
   assert all(r.failed and r.reward == 0.0 and r.error.startswith("MemoryError: RESOURCE_EXHAUSTED")
              for r in results)

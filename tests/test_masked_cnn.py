@@ -10,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from nas_jax import child, data, masked_cnn
-from nas_jax.search_spaces import CNNArch, CNNSpace, Layer
-from nas_jax.search_spaces.cnn import CNNChild
+from nas_jax.training import child, data, masked_children, trainer
+from nas_jax.spaces import masked_cnn
+from nas_jax.spaces import CNNArch, CNNSpace, Layer
+from nas_jax.spaces.cnn import CNNChild
 
 NUM_CLASSES = 5
 FAST = child.TrainConfig(epochs=1, batch_size=8, fast_compile=True)
@@ -148,7 +149,7 @@ def _images(seed, n, shape):
 def trained_b():
   """ARCHS_B trained 4 steps together (m=3) and each alone (m=1), same keys and batches."""
   net = masked_cnn.MaskedCNN(SPACE_B, 4, (7, 6, 1), NUM_CLASSES)
-  progs = masked_cnn.programs(net, FAST, False)
+  progs = masked_children.programs(net, FAST, False)
   x, y = _images(0, 32, (7, 6, 1))
   idx = np.stack([np.random.default_rng(k).permutation(32)[:8 * 4].reshape(4, 8)
                   for k in range(3)])           # M x steps x B
@@ -224,18 +225,18 @@ def test_training_from_embedded_exact_init_tracks_the_exact_child():
   ex = child._programs(model, FAST, False)  # pylint: disable=protected-access
   variables = _random_variables(model, x[:1], 3)
   ex_params, ex_stats = variables["params"], variables["batch_stats"]
-  ex_opt = child._make_optimizer(FAST).init(ex_params)  # pylint: disable=protected-access
+  ex_opt = trainer.make_optimizer(FAST).init(ex_params)
   params, stats = net.embed_exact_variables(arch, variables)
-  progs = masked_cnn.programs(net, FAST, False)
+  progs = masked_children.programs(net, FAST, False)
   stack = lambda t: jax.tree.map(lambda a: jnp.asarray(a)[None], t)
   params, stats = stack(params), stack(stats)
-  opt = jax.vmap(child._make_optimizer(FAST).init)(params)  # pylint: disable=protected-access
+  opt = jax.vmap(trainer.make_optimizer(FAST).init)(params)
   marcs = masked_cnn.stack_archs([net.encode(arch)])
   key = jax.random.key(4)
   for s in range(4):
     idx = np.random.default_rng(s).permutation(32)[:8]
-    ex_params, ex_stats, ex_opt, ex_loss = ex.train_step(ex_params, ex_stats, ex_opt, x, y, idx,
-                                                         key, s)
+    ex_params, ex_stats, ex_opt, ex_loss = ex.train_step(ex_params, ex_stats, ex_opt, None, x, y,
+                                                         idx, key, s)
     params, stats, opt, loss = progs.train_step(params, stats, opt, marcs, x, y, idx[None],
                                                 key[None], s)
     np.testing.assert_allclose(loss[0], ex_loss, rtol=1e-4)
@@ -269,29 +270,29 @@ def halves():
 
 def test_evaluate_masked_trains_and_returns_results_in_order(halves):
   keys = [jax.random.key(10 + i) for i in range(3)]
-  misses = masked_cnn.programs.cache_info().misses
-  res = masked_cnn.evaluate_masked(SPACE_D, ARCHS_D, halves, CFG_D, keys)
-  again = masked_cnn.evaluate_masked(SPACE_D, ARCHS_D[::-1], halves, CFG_D, keys[::-1])
-  assert masked_cnn.programs.cache_info().misses == misses + 1  # one program for the depth
+  misses = masked_children.programs.cache_info().misses
+  res = masked_children.evaluate_masked(SPACE_D, ARCHS_D, halves, CFG_D, keys)
+  again = masked_children.evaluate_masked(SPACE_D, ARCHS_D[::-1], halves, CFG_D, keys[::-1])
+  assert masked_children.programs.cache_info().misses == misses + 1  # one program for the depth
   for r, arch in zip(res, ARCHS_D):
     assert not r.failed, r.error
-    assert len(r.val_accuracies) == 3
-    assert r.val_accuracy > 0.8   # chance is 0.5
-    assert r.reward == pytest.approx(max(r.val_accuracies[-2:]) ** 3)
+    assert len(r.metrics["val_accuracies"]) == 3
+    assert r.metrics["val_accuracy"] > 0.8   # chance is 0.5
+    assert r.reward == pytest.approx(max(r.metrics["val_accuracies"][-2:]) ** 3)
     assert r.param_count == masked_cnn.exact_param_count(arch, 1, 2)
   assert len({r.param_count for r in res}) == 3
   # Same key -> same child, whatever its place among its neighbours.
   for r, s in zip(res, again[::-1]):
-    np.testing.assert_allclose(r.val_accuracies, s.val_accuracies, atol=1e-6)
+    np.testing.assert_allclose(r.metrics["val_accuracies"], s.metrics["val_accuracies"], atol=1e-6)
   with pytest.raises(ValueError, match="one depth"):
-    masked_cnn.evaluate_masked(SPACE_D, ARCHS_D + [CNNArch((_l(1, 1, 2),))], halves, CFG_D,
-                               keys + keys[:1])
+    masked_children.evaluate_masked(SPACE_D, ARCHS_D + [CNNArch((_l(1, 1, 2),))], halves,
+                                    CFG_D, keys + keys[:1])
 
 
 def test_a_diverging_child_fails_alone(halves, monkeypatch):
   keys = [jax.random.key(10 + i) for i in range(3)]
-  clean = masked_cnn.evaluate_masked(SPACE_D, ARCHS_D, halves, CFG_D, keys)
-  real = masked_cnn.programs
+  clean = masked_children.evaluate_masked(SPACE_D, ARCHS_D, halves, CFG_D, keys)
+  real = masked_children.programs
 
   def poisoned(*args):
     progs = real(*args)
@@ -301,12 +302,12 @@ def test_a_diverging_child_fails_alone(halves, monkeypatch):
       params["Dense_0"]["bias"] = params["Dense_0"]["bias"].at[1].set(jnp.nan)
       return params, stats, opt
     return progs._replace(init=init)
-  monkeypatch.setattr(masked_cnn, "programs", poisoned)
-  res = masked_cnn.evaluate_masked(SPACE_D, ARCHS_D, halves, CFG_D, keys)
+  monkeypatch.setattr(masked_children, "programs", poisoned)
+  res = masked_children.evaluate_masked(SPACE_D, ARCHS_D, halves, CFG_D, keys)
   assert res[1].failed and res[1].reward == 0.0 and "loss became nan" in res[1].error
   for k in (0, 2):
     assert not res[k].failed
-    assert res[k].val_accuracies == clean[k].val_accuracies
+    assert res[k].metrics["val_accuracies"] == clean[k].metrics["val_accuracies"]
 
 
 def test_evaluate_masked_equals_child_evaluate_from_the_same_init(halves, monkeypatch):
@@ -323,7 +324,7 @@ def test_evaluate_masked_equals_child_evaluate_from_the_same_init(halves, monkey
     p, s, _ = ex.init(jax.random.split(key, 3)[0], jnp.asarray(halves.train_images[:1]))
     embedded.append(net.embed_exact_variables(arch, {"params": p, "batch_stats": s}))
   params, stats = jax.tree.map(lambda *v: np.stack(v), *embedded)
-  real = masked_cnn.programs
+  real = masked_children.programs
 
   def from_exact_init(*args):
     progs = real(*args)
@@ -332,9 +333,10 @@ def test_evaluate_masked_equals_child_evaluate_from_the_same_init(halves, monkey
       _, _, opt = progs.init(k, marcs)   # zero momentum
       return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, stats), opt
     return progs._replace(init=init)
-  monkeypatch.setattr(masked_cnn, "programs", from_exact_init)
-  got = masked_cnn.evaluate_masked(SPACE_D, archs, halves, CFG_D, keys)
+  monkeypatch.setattr(masked_children, "programs", from_exact_init)
+  got = masked_children.evaluate_masked(SPACE_D, archs, halves, CFG_D, keys)
   for g, w in zip(got, want):
     assert not g.failed and g.param_count == w.param_count
-    np.testing.assert_allclose(g.val_accuracies, w.val_accuracies, atol=0.021)  # 1 of 50
+    np.testing.assert_allclose(g.metrics["val_accuracies"], w.metrics["val_accuracies"],
+                               atol=0.021)  # 1 of 50
     assert g.reward == pytest.approx(w.reward, abs=0.07)

@@ -35,6 +35,7 @@ def _rows(workdir, name="history.jsonl"):
   return [json.loads(line) for line in open(os.path.join(workdir, name))]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_trajectory_as_one(tmp_path):
   single = _start(tmp_path / "single", log=tmp_path / "single.log")
   port = _free_port()
@@ -49,6 +50,7 @@ def test_two_processes_give_the_same_trajectory_as_one(tmp_path):
   assert not (tmp_path / "p1").exists()   # only process 0 writes
 
 
+@pytest.mark.slow
 def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
   # Process 0's workdir belongs to another search: it refuses it, and process 1 must not wait.
   (tmp_path / "p0").mkdir()
@@ -64,6 +66,7 @@ def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
   assert err1.startswith("error: process 0 stopped: WorkdirMismatchError"), err1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killed", [1, 0])   # 0 also hosts the coordination service
 def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path, killed):
   port = _free_port()
@@ -85,6 +88,7 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path,
   assert "another task died" in log or "DistributedError" in log
 
 
+@pytest.mark.slow
 def test_processes_with_different_configs_refuse_to_run(tmp_path):
   port = _free_port()
   procs = [_start(tmp_path / f"p{i}", f"--config.seed={i}", process_id=i, port=port,
@@ -115,7 +119,7 @@ class _FakeKeyValueStore:
 
 
 def test_large_values_travel_in_chunks(monkeypatch):
-  from nas_jax import distributed  # pylint: disable=import-outside-toplevel
+  from nas_jax.core import distributed  # pylint: disable=import-outside-toplevel
   store = _FakeKeyValueStore()
   monkeypatch.setattr(distributed.Cluster, "_client", lambda self: store)
   cluster = distributed.Cluster(0, 2, "nas_jax/run9")

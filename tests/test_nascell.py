@@ -1,4 +1,4 @@
-"""Tests for the NASCell (nas_jax.nascell): TF weight layout, outputs against the paper's equations
+"""Tests for the NASCell (nas_jax.spaces.nascell): TF weight layout, outputs against the paper's equations
 computed by hand with numpy (with/without bias, with projection), a closed-form zero-input case,
 a 5-step scan (lax.scan over the pure function and flax's nn.RNN over the module), vmap over
 per-model params."""
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax.nascell import (NASCell, nascell_apply, nascell_init, nascell_project, nascell_step,
+from nas_jax.spaces.nascell import (NASCell, nascell_apply, nascell_init, nascell_project, nascell_step,
                             nascell_zero_carry)
 
 IN, UNITS, BATCH, PROJ = 2, 3, 2, 2

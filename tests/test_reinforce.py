@@ -1,4 +1,4 @@
-"""Tests for nas_jax.reinforce and nas_jax.searchers.
+"""Tests for nas_jax.core.reinforce and nas_jax.core.searchers.
 
 The REINFORCE gradient is checked against its closed form on one categorical step: with
 probabilities p and sampled token a, d log p(a) / d b_c = 1[c = a] - p_c, so the surrogate's
@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax import controller, reinforce, searchers
-from nas_jax.search_spaces import base
-from nas_jax.search_spaces.base import Decision, choice
-from nas_jax.search_spaces.cnn import CNNSpace
+from nas_jax.core import controller, reinforce, searchers
+from nas_jax.spaces import base
+from nas_jax.spaces.base import Decision, choice
+from nas_jax.spaces.cnn import CNNSpace
 
 DECS = (Decision("x", 3), Decision("y", 2))   # y is padded to 3 in the stacked heads
 ONE_STEP = (choice(0),)

@@ -1,4 +1,4 @@
-"""The report: top-k curves, plots, architecture diagrams, report.md and its CLI."""
+"""The report: top-k curves, plots, the spaces' from_json and diagrams, report.md and its CLI."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from nas_jax import report
-from nas_jax.search_spaces import base, cnn, rnn_cell
+from nas_jax.tools import plots, report
+from nas_jax.spaces import base, cnn, rnn_cell
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -21,7 +21,7 @@ def _layer(fh, fw, nf, inputs, stride=1):
 
 
 def _row(step, index, arch, space, reward, *, failed=False, **metrics):
-  """A history row as nas_jax.search writes it."""
+  """A history row as nas_jax.core.search writes it."""
   return {"step": step, "index": index,
           "num_layers": len(arch.layers) if isinstance(arch, cnn.CNNArch) else arch.base,
           "tokens": [0, 1], "arch": base.to_json(arch), "description": space.describe(arch),
@@ -126,14 +126,14 @@ def _check_png(path):
 
 def test_topk_curve_by_hand():
   r = [0.5, 0.2, 0.9, 0.1, 0.7]
-  np.testing.assert_allclose(report.topk_curve(r, 1), [0.5, 0.5, 0.9, 0.9, 0.9])
-  np.testing.assert_allclose(report.topk_curve(r, 2), [0.5, 0.35, 0.7, 0.7, 0.8])
-  np.testing.assert_allclose(report.topk_curve(r, 10), np.cumsum(r) / np.arange(1, 6))
+  np.testing.assert_allclose(plots.topk_curve(r, 1), [0.5, 0.5, 0.9, 0.9, 0.9])
+  np.testing.assert_allclose(plots.topk_curve(r, 2), [0.5, 0.35, 0.7, 0.7, 0.8])
+  np.testing.assert_allclose(plots.topk_curve(r, 10), np.cumsum(r) / np.arange(1, 6))
   # a non-finite reward counts as 0; nothing is NaN
-  np.testing.assert_allclose(report.topk_curve([np.nan, 0.4, 0.2], 2), [0.0, 0.2, 0.3])
-  assert report.topk_curve([], 5).shape == (0,)
+  np.testing.assert_allclose(plots.topk_curve([np.nan, 0.4, 0.2], 2), [0.0, 0.2, 0.3])
+  assert plots.topk_curve([], 5).shape == (0,)
   with pytest.raises(ValueError):
-    report.topk_curve(r, 0)
+    plots.topk_curve(r, 0)
 
 
 def test_report_cnn_pair(cnn_workdirs, tmp_path):
@@ -173,23 +173,29 @@ def test_report_cell_default_out(cell_workdir):
 
 
 def test_figures_and_dispatch(tmp_path):
+  from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
   rows = _cnn_rows(0, best=True)
-  fig = report.plot_rewards(rows, _steps(rows, 4))
+  fig = plots.plot_rewards(rows, _steps(rows, 4))
   assert isinstance(fig, Figure)
   fig2 = Figure()
   ax = fig2.add_subplot()
-  assert report.plot_rewards(rows, None, ax=ax) is fig2
-  assert isinstance(report.plot_topk({"a": rows, "random": rows[:5]}), Figure)
+  assert plots.plot_rewards(rows, None, ax=ax) is fig2
+  assert isinstance(plots.plot_topk({"a": rows, "random": rows[:5]}), Figure)
   # a row, its arch JSON and a decoded arch all draw
   p = str(tmp_path / "a.png")
-  report.draw_architecture(rows[9], "cnn", path=p)
+  report.draw_architecture(cnn.CNNSpace(), rows[9], path=p)
   _check_png(p)
-  assert isinstance(report.draw_architecture(rows[9]["arch"], "cnn"), Figure)
-  assert isinstance(report.draw_architecture(rnn_cell.NASCELL, "rnn_cell"), Figure)
+  assert isinstance(report.draw_architecture(cnn.CNNSpace(), rows[9]["arch"]), Figure)
+  assert isinstance(report.draw_architecture(rnn_cell.RNNCellSpace(), rnn_cell.NASCELL), Figure)
+  assert isinstance(cnn.CNNSpace().diagram(BEST_CNN, title="t"), Figure)
+  # a space without from_json / diagram (base.SearchSpace's defaults) has no diagram
+  assert MLPSpace().diagram(rows[9]["arch"]) is None
+  with pytest.raises(NotImplementedError):
+    MLPSpace().from_json(rows[9]["arch"])
   with pytest.raises(ValueError, match="no diagram"):
-    report.draw_architecture(rows[9], "mlp")
+    report.draw_architecture(MLPSpace(), rows[9])
   with pytest.raises(ValueError):
-    report.draw_architecture(rows[9], "rnn_cell")
+    report.draw_architecture(rnn_cell.RNNCellSpace(), rows[9])
 
 
 def _cli(*args):
@@ -236,12 +242,181 @@ def test_report_of_a_space_without_diagram(cnn_workdirs, tmp_path):
 
 def test_report_of_a_user_space_searched_under_a_cnn_config(tmp_path):
   # run_search(cfg, workdir, space=MLPSpace()) keeps config.json's "cnn": the rows tell otherwise.
-  from nas_jax import search  # pylint: disable=import-outside-toplevel
+  from nas_jax.core import search  # pylint: disable=import-outside-toplevel
   from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
   from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "mlp"
   search.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
-  assert report.space_name(report.load_run(str(workdir))) == "custom"
+  assert report.run_space(report.load_run(str(workdir))["config"]).space is None
   text = open(report.write_report(str(workdir))).read()
   assert "No diagram" in text and "best.png" not in text
+
+
+def _json_round_trip(space, arch):
+  return space.from_json(json.loads(json.dumps(base.to_json(arch))))
+
+
+def test_cnn_from_json_round_trip():
+  space = cnn.CNNSpace(predict_strides=True)
+  rng = np.random.default_rng(0)
+  archs = [BEST_CNN, cnn.CNNArch((_layer(1, 1, 4, ()),)),
+           cnn.CNNArch((_layer(3, 3, 6, ()), _layer(3, 3, 6, (0,))), 3, (0, 1))]
+  for num_layers in (1, 4, 7):
+    plan = space.plan(num_layers)
+    tokens = []
+    for step in plan:
+      if step.kind == base.CHOICE:
+        tokens.append(rng.integers(space.decisions[step.decision].num_choices))
+      else:
+        tokens += list(rng.integers(2, size=step.layer))
+    archs.append(space.decode(plan, np.array(tokens, np.int32)))
+  for arch in archs:
+    back = _json_round_trip(space, arch)
+    assert back == arch and isinstance(back, cnn.CNNArch)
+    assert all(isinstance(l.inputs, tuple) for l in back.layers)
+    assert hash(back) == hash(arch)
+  with pytest.raises(ValueError):
+    space.from_json(base.to_json(rnn_cell.NASCELL))
+
+
+def test_cell_from_json_round_trip():
+  rng = np.random.default_rng(0)
+  for space in (rnn_cell.RNNCellSpace(), rnn_cell.RNNCellSpace(base=4),
+                rnn_cell.RNNCellSpace(base=2, combinations=("add", "mul", "max"),
+                                      activations=rnn_cell.ACTIVATIONS)):
+    plan = space.plan()
+    archs = [space.decode(plan, np.array(
+        [rng.integers(space.decisions[s.decision].num_choices) for s in plan], np.int32))
+             for _ in range(5)]
+    if space.base == 8:
+      archs.append(rnn_cell.NASCELL)
+    for arch in archs:
+      back = _json_round_trip(space, arch)
+      assert back == arch and isinstance(back, rnn_cell.CellArch)
+      assert hash(back) == hash(arch)
+      np.testing.assert_array_equal(space.encode(back), space.encode(arch))
+  with pytest.raises(ValueError, match="base 4"):  # a cell of another base is not of this space
+    rnn_cell.RNNCellSpace(base=4).from_json(base.to_json(rnn_cell.NASCELL))
+  with pytest.raises(ValueError):
+    rnn_cell.RNNCellSpace().from_json(base.to_json(BEST_CNN))
+
+
+def test_importing_a_space_does_not_import_matplotlib():
+  code = ("import sys; import nas_jax.spaces.cnn, nas_jax.spaces.rnn_cell; "
+          "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+  assert res.returncode == 0, res.stderr
+
+
+def _recorded_config(config, module, class_name, metric, higher_is_better, name):
+  """``config`` as the search writes it now: the space's module and class and the metric."""
+  return {**config, "search_space.name": name, "search_space.module": module,
+          "search_space.class": class_name, "metric.name": metric,
+          "metric.higher_is_better": higher_is_better}
+
+
+def test_report_reads_space_and_metric_from_config(cell_workdir, tmp_path, monkeypatch):
+  path, rows = cell_workdir
+  cfg_path = os.path.join(path, "config.json")
+  cfg = json.load(open(cfg_path))
+  # a name the legacy table does not know, and the table emptied: only the recorded keys count
+  json.dump(_recorded_config(cfg, "nas_jax.spaces.rnn_cell", "RNNCellSpace", "val_ppl", False,
+                             "my_cells"), open(cfg_path, "w"))
+  monkeypatch.setattr(report, "_BUILT_IN", {})
+  rs = report.run_space(report.load_run(path)["config"])
+  assert rs.space == rnn_cell.RNNCellSpace(base=4, name="my_cells") and rs.why == ""
+  assert rs.metric == base.Metric("val_ppl", False) == base.PERPLEXITY
+  drawn = []
+  diagram = rnn_cell.RNNCellSpace.diagram
+
+  def spy(self, arch, title=""):
+    drawn.append((self, arch))
+    return diagram(self, arch, title)
+
+  monkeypatch.setattr(rnn_cell.RNNCellSpace, "diagram", spy)
+  out = tmp_path / "out"
+  text = open(report.write_report(path, out_dir=str(out))).read()
+  best = min((r for r in rows if not r["failed"]), key=lambda r: r["val_ppl"])
+  assert drawn == [(rs.space, rs.space.from_json(best))]
+  assert sorted(os.listdir(out)) == ["best.png", "report.md", "rewards.png"]
+  _check_png(out / "best.png")
+  assert "val_ppl (lower is better)" in text and "| val ppl |" in text
+  top = _top_rows(text)
+  assert best["description"] in top[0]
+  ppls = [float(r.split(" | ")[3]) for r in top]
+  assert ppls == sorted(ppls) and len(ppls) == 9
+
+
+def test_report_ranks_by_the_recorded_metric(cnn_workdirs, tmp_path):
+  main, _ = cnn_workdirs
+  rows = _cnn_rows(0, best=True)
+  rows[3]["val_accuracy"] = 0.99  # a lower reward (0.55) but the best accuracy
+  cfg = json.load(open(os.path.join(main, "config.json")))
+  path = str(tmp_path / "acc")
+  _write_workdir(path, rows, _recorded_config(cfg, "nas_jax.spaces.cnn", "CNNSpace",
+                                              "val_accuracy", True, "cnn"))
+  text = open(report.write_report(path)).read()
+  top = _top_rows(text)
+  assert top[0].startswith("| 1 | 0.3 |") and "0.9900" in top[0]
+  assert top[1].startswith("| 2 | 2.1 |") and "0.9500" in top[1]
+  assert "The child with the best val accuracy: step 0, child 3" in text
+  assert "| val accuracy |" in text and "best.png" in os.listdir(path)
+  # the same history without a recorded metric ranks by reward
+  cfg.pop("search_space.name")
+  path2 = str(tmp_path / "nometric")
+  _write_workdir(path2, rows, cfg)
+  text = open(report.write_report(path2)).read()
+  assert _top_rows(text)[0].startswith("| 1 | 2.1 |") and "No diagram" in text
+  assert "Ranked by reward" in text
+
+
+_USER_SPACE = '''
+import dataclasses
+from typing import NamedTuple
+from matplotlib.figure import Figure
+from nas_jax.spaces import base
+
+class WidthArch(NamedTuple):
+  widths: tuple
+
+@dataclasses.dataclass(frozen=True)
+class WidthSpace(base.SearchSpace):
+  widths: tuple = (4, 8)
+  name: str = "widths"
+
+  def from_json(self, obj):
+    return WidthArch(tuple(obj["widths"]))
+
+  def diagram(self, arch, title=""):
+    fig = Figure(figsize=(2, 2))
+    fig.suptitle(title)
+    fig.add_subplot().bar(range(len(arch.widths)), arch.widths)
+    return fig
+'''
+
+
+def test_report_of_a_user_space_with_a_diagram(tmp_path, monkeypatch):
+  # a user's space, named by module and class in config.json, is drawn with no edit in nas_jax
+  (tmp_path / "user_space_for_report.py").write_text(_USER_SPACE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  rows = [{"step": 0, "index": i, "num_layers": 2, "tokens": [0, i], "arch": {"widths": [4, w]},
+           "description": f"4-{w}", "reward": 0.1 * i, "val_loss": 1.0 - 0.1 * i,
+           "param_count": 10, "failed": False, "error": ""} for i, w in enumerate((4, 8, 8))]
+  path = str(tmp_path / "run")
+  _write_workdir(path, rows, {"search_space.name": "widths", "search_space.widths": [4, 8],
+                              "search_space.module": "user_space_for_report",
+                              "search_space.class": "WidthSpace", "metric.name": "val_loss",
+                              "metric.higher_is_better": False, "search.searcher": "random"})
+  rs = report.run_space(report.load_run(path)["config"])
+  assert rs.space.widths == (4, 8) and rs.metric == base.Metric("val_loss", False)
+  text = open(report.write_report(path)).read()
+  _check_png(os.path.join(path, "best.png"))
+  assert "| val loss |" in text and _top_rows(text)[0].startswith("| 1 | 0.2 |")
+  # a module that cannot be imported: reported without a diagram, saying why
+  cfg = json.load(open(os.path.join(path, "config.json")))
+  json.dump({**cfg, "search_space.module": "no_such_module_xyz"},
+            open(os.path.join(path, "config.json"), "w"))
+  text = open(report.write_report(path)).read()
+  assert "No diagram: cannot import no_such_module_xyz.WidthSpace" in text

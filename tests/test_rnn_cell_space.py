@@ -1,6 +1,6 @@
-"""Tests for the recurrent-cell search space (nas_jax.search_spaces.rnn_cell): size formula, plan
+"""Tests for the recurrent-cell search space (nas_jax.spaces.rnn_cell): size formula, plan
 and decisions, decoding, a hand-computed base-2 cell, the NASCell tokens computing exactly what
-nas_jax.nascell.NASCell computes, vmap over several cells in one program, random cells."""
+nas_jax.spaces.nascell.NASCell computes, vmap over several cells in one program, random cells."""
 
 import json
 
@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax.nascell import NASCell, nascell_apply
-from nas_jax.search_spaces import base
-from nas_jax.search_spaces import rnn_cell
-from nas_jax.search_spaces.rnn_cell import (NASCELL, CellArch, NodeOp, RNNCellSpace, cell_apply,
+from nas_jax.spaces.nascell import NASCell, nascell_apply
+from nas_jax.spaces import base
+from nas_jax.spaces import rnn_cell
+from nas_jax.spaces.rnn_cell import (NASCELL, CellArch, NodeOp, RNNCellSpace, cell_apply,
                                             init_cell, nascell_tokens, space_size)
 
 CONTROL = RNNCellSpace(combinations=("add", "mul", "max"),
@@ -260,7 +260,7 @@ def test_init_cell_layout():
 
 def test_controller_samples_decodable_cells():
   """The controller walks this space's plan; at init (near uniform) -log p ~ log(space size)."""
-  from nas_jax import controller
+  from nas_jax.core import controller
   space = RNNCellSpace()
   plan = space.plan(space.num_layers(0))
   params = controller.init(jax.random.key(0), space.decisions)

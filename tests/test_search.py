@@ -13,7 +13,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nas_jax import analysis, child, config as config_lib, data, search
+from nas_jax.tools import analysis
+from nas_jax.training import data, trainer
+from nas_jax import config as config_lib
+from nas_jax.core import search
 
 from toy_space import MLPSpace
 
@@ -49,7 +52,9 @@ class FakeEvaluator:
       raise KeyboardInterrupt("simulated kill")
     self.calls += 1
     score = np.mean([w == 64 and a == "tanh" for w, a in zip(arch.widths, arch.activations)])
-    return child.ChildResult(float(score) + 0.01, float(score), (float(score),), 0, False, "", 0.0)
+    return trainer.ChildResult(float(score) + 0.01, {"val_accuracy": float(score),
+                                                     "val_accuracies": [float(score)]},
+                               0, False, "", 0.0)
 
 
 def fake_config(steps=6, searcher="reinforce"):
@@ -235,6 +240,7 @@ def test_cli_missing_cifar10_is_one_clear_line(tmp_path):
   assert last.startswith("error:") and "CIFAR-10" in last and str(tmp_path) in last
 
 
+@pytest.mark.slow
 def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
   args = ["--config", "experiments/configs/cnn_digits.py:quick", "--config.search.num_steps=3",
           f"--compilation_cache_dir={tmp_path / 'cache'}"]
@@ -276,7 +282,7 @@ _NO_DATA = data.Dataset("none", *([np.zeros((1, 1), np.float32)] * 6), num_class
 
 def test_a_space_whose_every_child_raises_stops_with_the_first_error(tmp_path):
   def broken(space, arch, dataset, key):
-    return child.ChildResult(0.0, 0.0, (), 0, True, "ValueError: shapes (3,) and (4,) differ", 0.0)
+    return trainer.ChildResult(0.0, {}, 0, True, "ValueError: shapes (3,) and (4,) differ", 0.0)
   with pytest.raises(search.ChildrenFailError, match="shapes \\(3,\\) and \\(4,\\) differ"):
     search.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=broken)

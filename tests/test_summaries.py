@@ -4,7 +4,8 @@ import glob
 
 import pytest
 
-from nas_jax import summaries
+from nas_jax.spaces import base
+from nas_jax.tools import summaries
 
 
 def _read_scalars(logdir):
@@ -50,7 +51,8 @@ def test_random_search_and_language_model_children():
   # Random search has no loss/baseline; LM children report perplexities; a NaN is left out.
   step = {"reward_mean": 0.1, "reward_max": 0.2, "entropy": 5.0, "baseline": float("nan")}
   children = [_row(0.2, ppl=10.0), _row(0.1, ppl=20.0), _row(0.05, ppl=40.0)]
-  s = summaries.step_scalars(step, children, best_reward=None, children_per_hour=None)
+  s = summaries.step_scalars(step, children, best_reward=None, children_per_hour=None,
+                             metric=base.PERPLEXITY)
   assert "controller/loss" not in s and "controller/baseline" not in s
   assert s["child/val_ppl_median"] == 20.0 and s["child/val_ppl_min"] == 10.0
   assert "child/val_accuracy_mean" not in s and "reward/best_so_far" not in s
@@ -68,7 +70,7 @@ def test_writer_writes_event_files_tensorboard_reads(tmp_path):
 
 def test_a_search_writes_one_point_per_controller_step(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
-  from nas_jax import search  # pylint: disable=import-outside-toplevel
+  from nas_jax.core import search  # pylint: disable=import-outside-toplevel
   from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
   from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
   search.run_search(fake_config(steps=3), str(tmp_path / "on"), space=MLPSpace(), dataset=_NO_DATA,

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nas_jax.search_spaces import base
+from nas_jax.spaces import base
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
 

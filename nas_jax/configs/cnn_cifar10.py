@@ -8,9 +8,10 @@ from [1,2,3]), ``v3`` (filters [6,12,24,36], 13 predicted layers of 3 convs each
 fixed after the 12th and 24th conv), ``quick`` (a CPU-sized smoke run on a subset).
 
 The paper's budget: 12,800 architectures (1,600 controller steps x 8 children), each trained 50
-epochs on 45,000 images and rewarded by (max validation accuracy of the last 5 epochs)^3 on 5,000;
-in the paper this took 800 GPUs for weeks. CIFAR-10 must be in DATA_DIR (the python archive
-cifar-10-python.tar.gz, or a tfds array_record build); nothing is downloaded.
+epochs on 45,000 images and rewarded by (max validation accuracy of the last 5 epochs)^3 on 5,000.
+Runtime: in the paper this took 800 GPUs for weeks; this config has not been run to the end with
+nas_jax, so there is no measured runtime or result. CIFAR-10 must be in DATA_DIR (the python
+archive cifar-10-python.tar.gz, or a tfds array_record build); nothing is downloaded.
 """
 
 from nas_jax.config import default_config

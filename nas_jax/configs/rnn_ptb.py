@@ -6,7 +6,9 @@ Base-8 cells; every child a 2-layer LM with hidden size 540 (20.1M parameters wi
 vocabulary, the size of Zaremba et al.'s medium model), trained 35 epochs with embedding and
 variational dropout; reward 80 / (validation perplexity)^2; controller Adam 5e-4, one update per
 10 architectures (the paper applied an update once 10 gradients had accumulated); 15,000
-architectures. The paper ran this on 400 CPUs; it is not a single-machine job.
+architectures. Runtime: the paper ran this on 400 CPUs; it is not a single-machine job, and it has
+not been run with nas_jax, so there is no measured runtime or result. For a CPU-sized search see
+rnn_ptb_cpu.py.
 """
 
 from nas_jax.config import default_config

@@ -25,7 +25,7 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nas_jax.search_spaces import base
+from nas_jax.spaces import base
 
 
 class Layer(NamedTuple):
@@ -107,6 +107,11 @@ class CNNSpace(base.SearchSpace):
   def build(self, arch: CNNArch, num_classes: int) -> nn.Module:
     return CNNChild(arch=arch, num_classes=num_classes)
 
+  def evaluator(self, cfg):
+    """``exact`` children, or with ``config.child.executor="vmap"`` the masked network's."""
+    from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
+    return evaluators.masked(cfg) if cfg.child.executor == "vmap" else evaluators.exact(cfg)
+
   def describe(self, arch: CNNArch) -> str:
     parts = []
     for i, l in enumerate(arch.layers):
@@ -115,6 +120,15 @@ class CNNSpace(base.SearchSpace):
       pool = "+pool" if i in arch.pool_after_layers else ""
       parts.append(f"{i}:{l.filter_height}x{l.filter_width}x{l.num_filters}{stride}{pool}<{src}")
     return " ".join(parts)
+
+  def from_json(self, obj) -> CNNArch:
+    """The inverse of ``base.to_json`` (:func:`arch_from_json`)."""
+    return arch_from_json(obj)
+
+  def diagram(self, arch: CNNArch, title: str = ""):
+    """The diagram of :func:`nas_jax.spaces.cnn_diagram.draw` (a matplotlib Figure)."""
+    from nas_jax.spaces import cnn_diagram  # pylint: disable=import-outside-toplevel
+    return cnn_diagram.draw(arch, title)
 
 
 def arch_from_json(obj) -> CNNArch:

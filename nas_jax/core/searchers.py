@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax import controller, reinforce
-from nas_jax.search_spaces.base import CHOICE
+from nas_jax.core import controller, reinforce
+from nas_jax.spaces.base import CHOICE
 
 
 @dataclasses.dataclass(frozen=True)

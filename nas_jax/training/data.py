@@ -15,7 +15,10 @@
 
     1. the python archive from https://www.cs.toronto.edu/~kriz/cifar.html in
        ``data_dir``: ``cifar-10-python.tar.gz`` (read in place) or its
-       extracted ``cifar-10-batches-py/`` folder;
+       extracted ``cifar-10-batches-py/`` folder. The batches are pickles, read
+       by an unpickler that admits only numpy arrays and builtin values: a
+       file that names anything else is refused (:class:`NotCifarBatchError`)
+       before any of it runs;
     2. ``tfds.data_source("cifar10", data_dir=data_dir)``: a TFDS copy
        prepared in array_record format (works without TensorFlow; never
        downloads);
@@ -33,6 +36,7 @@ Labels are int32.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import tarfile
@@ -53,6 +57,10 @@ _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 class DataUnavailableError(RuntimeError):
   """The requested dataset is not on this machine; the message says how to get it."""
+
+
+class NotCifarBatchError(DataUnavailableError):
+  """A file named like a CIFAR-10 python batch holds something else (it is never executed)."""
 
 
 class Dataset(NamedTuple):
@@ -89,7 +97,8 @@ def load_dataset(name: str, data_dir: str | None = None, *,
 
   Raises:
     ValueError: unknown ``name`` or invalid sizes.
-    DataUnavailableError: CIFAR-10 was requested but is not in ``data_dir``.
+    DataUnavailableError: CIFAR-10 was requested but is not in ``data_dir``, or
+      (:class:`NotCifarBatchError`) a file there is not a CIFAR-10 python batch.
   """
   rng = np.random.default_rng(seed)
   if name == "digits":
@@ -139,6 +148,26 @@ def load_dataset(name: str, data_dir: str | None = None, *,
       augment=augment)
 
 
+def load(data_cfg, seed: int = 0):
+  """The data ``config.data`` names: an image :class:`Dataset`, or a PTB ``Corpus``.
+
+  Raises:
+    ConfigError: the config asks for a split the data cannot give (e.g. a validation split
+      larger than the dataset).
+    DataUnavailableError: the data is not on this machine (the message says how to get it).
+  """
+  from nas_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  if data_cfg.name == "ptb":
+    from nas_jax.training import ptb  # pylint: disable=import-outside-toplevel
+    return ptb.load_ptb(data_cfg.level, data_cfg.data_dir or None)
+  try:
+    return load_dataset(data_cfg.name, data_cfg.data_dir or None,
+                        num_validation=data_cfg.num_validation or None,
+                        max_train=data_cfg.max_train or None, seed=seed)
+  except ValueError as e:  # e.g. a validation split larger than the dataset
+    raise config_lib.ConfigError(str(e)) from None
+
+
 def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std (float32) of N x H x W x C ``x``, accumulated in float64 chunks."""
   total = np.zeros(x.shape[-1])
@@ -182,11 +211,75 @@ def _load_cifar10(data_dir: str | None):
   return tuple((x, y.astype(np.int32)) for x, y in raw)
 
 
-def _decode_cifar_batch(batch: dict) -> tuple[np.ndarray, np.ndarray]:
-  """A pickled CIFAR batch (rows of 3x32x32 uint8, CHW) -> (N,32,32,3), labels."""
-  data = np.asarray(batch[b"data"], dtype=np.uint8)
+def _numpy_core(module: str, name: str):
+  """numpy's private ``_core.<module>.<name>`` (``core`` before numpy 2), without the shim's warning."""
+  try:
+    return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+  except ImportError:
+    return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+# The only globals a CIFAR-10 python batch may name. The official batches (Python 2 cPickle) name
+# numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype; numpy >= 2 spells the first
+# numpy._core; pickle protocol 5 writes arrays through _frombuffer, and Python 3 at protocols 0-2
+# writes bytes through _codecs.encode. None of them runs code a file chooses.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_core("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_core("multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"): _numpy_core("numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"): _numpy_core("numeric", "_frombuffer"),
+    ("_codecs", "encode"): importlib.import_module("_codecs").encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Unpickles a CIFAR-10 batch: a dict of bytes, ints and numpy arrays, and nothing that runs code."""
+
+  def __init__(self, file, where: str):
+    super().__init__(file, encoding="bytes")
+    self._where = where
+
+  def find_class(self, module, name):
+    found = _CIFAR_PICKLE_GLOBALS.get((module, name))
+    if found is None:
+      raise NotCifarBatchError(
+          f"{self._where} is not a CIFAR-10 python batch: it asks to load {module}.{name}, "
+          f"which a CIFAR-10 batch never holds, so it was not read; replace it with the "
+          f"official {_CIFAR_ARCHIVE} (https://www.cs.toronto.edu/~kriz/cifar.html)")
+    return found
+
+
+def _load_cifar_batch(file, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads one CIFAR batch (rows of 3x32x32 uint8, CHW) from ``file`` -> (N,32,32,3), labels.
+
+  ``where`` names the file in errors. Anything but a dict with ``data`` (N x 3072 uint8) and
+  ``labels`` (N ints) raises :class:`NotCifarBatchError`.
+  """
+  def refuse(why):
+    return NotCifarBatchError(f"{where} is not a CIFAR-10 python batch ({why}); replace it "
+                              f"with the official {_CIFAR_ARCHIVE} "
+                              "(https://www.cs.toronto.edu/~kriz/cifar.html)")
+  try:
+    batch = _CifarUnpickler(file, where).load()
+  except NotCifarBatchError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A truncated or garbled file raises any of EOFError, UnpicklingError, ValueError, ...
+    raise refuse(f"unpickling failed: {type(e).__name__}: {e}".replace("\n", " ")) from e
+  if not isinstance(batch, dict):
+    raise refuse(f"it holds a {type(batch).__name__}, not a dict")
+  data = batch.get(b"data", batch.get("data"))
+  labels = batch.get(b"labels", batch.get("labels"))
+  if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+      or data.shape[1] != 3 * 32 * 32:
+    raise refuse("no 'data' array of N x 3072 uint8")
+  if not isinstance(labels, list) or len(labels) != len(data) \
+      or not all(isinstance(y, int) for y in labels):
+    raise refuse(f"no 'labels' list of {len(data)} ints")
   images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return images, np.asarray(batch[b"labels"], dtype=np.int64)
+  return images, np.asarray(labels, dtype=np.int64)
 
 
 def _read_cifar_python(data_dir: str):
@@ -201,16 +294,16 @@ def _read_cifar_python(data_dir: str):
       raise DataUnavailableError(f"{folder} lacks {', '.join(missing)}: re-extract it from "
                                  f"{_CIFAR_ARCHIVE} (https://www.cs.toronto.edu/~kriz/cifar.html)")
     for n in names:
-      with open(os.path.join(folder, n), "rb") as f:
-        # The official archive is a pickle; only load files you trust.
-        batches[n] = _decode_cifar_batch(pickle.load(f, encoding="bytes"))
+      path = os.path.join(folder, n)
+      with open(path, "rb") as f:
+        batches[n] = _load_cifar_batch(f, path)
   elif os.path.isfile(archive):
     with tarfile.open(archive, "r:gz") as tar:
       for member in tar:
         base = os.path.basename(member.name)
         if member.isfile() and base in names:
-          batches[base] = _decode_cifar_batch(
-              pickle.load(tar.extractfile(member), encoding="bytes"))
+          batches[base] = _load_cifar_batch(tar.extractfile(member),
+                                            f"{member.name} in {archive}")
     missing = [n for n in names if n not in batches]
     if missing:
       raise DataUnavailableError(f"{archive} lacks {', '.join(missing)}: "

@@ -1,7 +1,8 @@
-"""Training the m CNN children of a controller step together: one masked max-size network, vmapped.
+"""The m CNN children of a controller step as one masked max-size network, to vmap over.
 
-The ``exact`` executor (``nas_jax.child``) compiles one program per distinct architecture. Here
-every child of a given depth L is the same max-size network with masks (:class:`MaskedArch`):
+The ``exact`` executor (``nas_jax.training.child``) compiles one program per distinct architecture.
+Here every child of a given depth L is the same max-size network with masks (:class:`MaskedArch`),
+and ``nas_jax.training.masked_children`` trains m of them vmapped:
 
 * layer i's conv kernel is (KH, KW, C_img + i*F, F) with KH, KW the largest filter sizes and F the
   largest filter count; its input is the depth-concatenation of [image, out_0, ..., out_{i-1}]
@@ -44,19 +45,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
-import traceback
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
-from nas_jax import child, data as data_lib
-from nas_jax.search_spaces.cnn import CNNArch, CNNSpace
+from nas_jax.spaces.cnn import CNNArch, CNNSpace
 
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5                  # flax nn.BatchNorm's default
@@ -389,175 +386,3 @@ class MaskedCNN:
       offset += nf
     params["Dense_0"]["bias"][:] = ex_p["Dense_0"]["bias"]
     return params, stats
-
-
-class Programs(NamedTuple):
-  """Jitted programs over m children (leading axis m on every per-child argument)."""
-  init: Any         # (keys_M, marcs) -> params, batch_stats, opt_state
-  train_step: Any   # (params, batch_stats, opt_state, marcs, images, labels, idx_MxB, keys_M,
-                    #  step) -> params, batch_stats, opt_state, loss_M
-  eval_step: Any    # (params, batch_stats, marcs, images, labels, idx_B, valid_B) -> correct_M
-
-
-def children_mesh(devices: Sequence) -> jax.sharding.Mesh:
-  """A 1-D mesh over ``devices`` whose axis ("children") the children of a step are split on."""
-  return jax.sharding.Mesh(np.asarray(devices), ("children",))
-
-
-@functools.lru_cache(maxsize=32)
-def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool,
-             devices: tuple = ()) -> Programs:
-  """The vmapped, jitted programs of ``net`` (cached: one compilation per depth and m).
-
-  With several ``devices`` the children axis is split over them with ``shard_map``: each device
-  runs the vmapped step on its m / len(devices) children (no communication: children share
-  nothing but the replicated data); m must be a multiple of ``len(devices)``.
-  """
-  tx = child._make_optimizer(cfg)  # pylint: disable=protected-access
-
-  def init(key, marc):
-    params, stats = net.init(key, marc)
-    return params, stats, tx.init(params)
-
-  def train_step(params, batch_stats, opt_state, marc, images, labels, idx_B, key, step):
-    x, y = images[idx_B], labels[idx_B]
-    if augment:
-      x = data_lib.augment_batch(jax.random.fold_in(key, step), x)
-
-    def loss_fn(p):
-      logits, new_stats = net.apply(p, batch_stats, marc, x, train=True)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_stats
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  def eval_step(params, batch_stats, marc, images, labels, idx_B, valid_B):
-    logits, _ = net.apply(params, batch_stats, marc, images[idx_B])
-    return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B)
-
-  vinit = jax.vmap(init)
-  vtrain = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, None, 0, 0, None))
-  veval = jax.vmap(eval_step, in_axes=(0, 0, 0, None, None, None, None))
-  if len(devices) > 1:
-    mesh = children_mesh(devices)
-    c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
-    split = functools.partial(jax.shard_map, mesh=mesh, out_specs=c, check_vma=False)
-    vinit = split(vinit, in_specs=(c, c))
-    vtrain = split(vtrain, in_specs=(c, c, c, c, r, r, c, c, r))
-    veval = split(veval, in_specs=(c, c, c, r, r, r, r))
-  opts = {"xla_backend_optimization_level": 0} if cfg.fast_compile else None
-  return Programs(jax.jit(vinit, compiler_options=opts),
-                  jax.jit(vtrain, donate_argnums=(0, 1, 2), compiler_options=opts),
-                  jax.jit(veval, compiler_options=opts))
-
-
-def _accuracies(progs, params, batch_stats, marcs, images, labels, batch_size) -> np.ndarray:
-  n = images.shape[0]
-  bs = min(batch_size, n)
-  correct = 0
-  for start in range(0, n, bs):
-    idx = np.arange(start, start + bs)
-    correct = correct + progs.eval_step(params, batch_stats, marcs, images, labels,
-                                        np.minimum(idx, n - 1), idx < n)
-  return np.asarray(correct) / n
-
-
-def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib.Dataset,
-                    cfg: child.TrainConfig, keys: Sequence[jax.Array], *,
-                    conv_batching: str = "unrolled", devices: Sequence = (),
-                    log_fn=None) -> list[child.ChildResult]:
-  """Trains the m children ``archs`` together in one vmapped masked program; their rewards.
-
-  Per child the semantics of :func:`nas_jax.child.evaluate` (paper, Section 4.1): ``cfg.epochs``
-  epochs over a random permutation of the training set drawn from the child's key, SGD with
-  Nesterov momentum and weight decay, reward = (max validation accuracy of the last
-  ``reward_last_epochs`` epochs) ** ``reward_power``. A child whose loss becomes NaN/inf is
-  returned failed with reward 0 while the others keep training.
-
-  Args:
-    space: the CNN search space (``predict_strides`` unsupported).
-    archs: m decoded architectures, all of the same depth.
-    dataset: train/validation arrays (see ``nas_jax.data``).
-    cfg: training hyperparameters.
-    keys: one PRNG key per child; the same key gives the same child whatever its neighbours.
-    conv_batching: "unrolled" (m convs in the program) or "grouped" (vmap's grouped conv).
-    devices: local devices to split the children over (default: one device); m is padded to a
-      multiple of their number with copies of the last child, whose results are dropped. The
-      dataset's arrays should be replicated on them (``NamedSharding(children_mesh(devices),
-      PartitionSpec())``), or each step copies them.
-    log_fn: optional callable(str) for per-epoch progress.
-
-  Returns:
-    One :class:`~nas_jax.child.ChildResult` per arch, in order; ``param_count`` is the exact
-    child's and ``seconds`` the call's wall time divided by m.
-
-  Raises:
-    ValueError: archs of different depths, or a space/arch the masked network cannot express.
-  """
-  if not archs:
-    return []
-  depths = sorted({len(a.layers) for a in archs})
-  if len(depths) != 1:
-    raise ValueError(f"evaluate_masked needs archs of one depth, got depths {depths}")
-  if len(keys) != len(archs):
-    raise ValueError(f"{len(archs)} archs but {len(keys)} keys")
-  t0 = time.time()
-  m = len(archs)
-  devices = tuple(devices) if len(devices) > 1 else ()
-  pad = -m % max(len(devices), 1)
-  archs, keys = list(archs) + [archs[-1]] * pad, list(keys) + [keys[-1]] * pad
-  image_shape = tuple(int(d) for d in dataset.train_images.shape[1:])
-  net = MaskedCNN(space, depths[0], image_shape, dataset.num_classes, conv_batching)
-  marcs = stack_archs([net.encode(a) for a in archs])
-  counts = [exact_param_count(a, image_shape[2], dataset.num_classes) for a in archs]
-  val_accs: list[list[float]] = [[] for _ in range(m)]
-  errors: list[str] = [""] * m
-  try:
-    progs = programs(net, cfg, bool(dataset.augment), devices)
-    init_keys, data_keys, aug_keys = (jnp.stack(k) for k in
-                                      zip(*(jax.random.split(key, 3) for key in keys)))
-    train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
-    val_x, val_y = jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels)
-    params, batch_stats, opt_state = progs.init(init_keys, marcs)
-    n = train_x.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = n // bs
-    rngs = [np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel().tolist())
-            for k in data_keys]
-    step = 0
-    for epoch in range(cfg.epochs):
-      perms = [rng.permutation(n) for rng in rngs]
-      loss = None
-      for b in range(steps_per_epoch):
-        idx = np.stack([perm[b * bs:(b + 1) * bs] for perm in perms])
-        params, batch_stats, opt_state, loss = progs.train_step(
-            params, batch_stats, opt_state, marcs, train_x, train_y, idx, aug_keys, step)
-        step += 1
-      loss = np.asarray(loss)
-      for k in range(m):
-        if not errors[k] and not np.isfinite(loss[k]):
-          errors[k] = f"FloatingPointError: training loss became {loss[k]} in epoch {epoch + 1}"
-      if all(errors):
-        break
-      accs = _accuracies(progs, params, batch_stats, marcs, val_x, val_y, cfg.eval_batch_size)
-      for k in range(m):
-        if not errors[k]:
-          val_accs[k].append(float(accs[k]))
-      if log_fn:
-        log_fn(f"  epoch {epoch + 1}/{cfg.epochs} loss {np.round(loss[:m], 4).tolist()} "
-               f"val_acc {np.round(accs[:m], 4).tolist()}")
-  except Exception as e:  # pylint: disable=broad-except
-    error = f"{type(e).__name__}: {e}\n" + traceback.format_exc(limit=-3)
-    seconds = (time.time() - t0) / m
-    return [child.ChildResult(0.0, 0.0, tuple(v), c, True, error, seconds)
-            for v, c in zip(val_accs, counts)]
-  seconds = (time.time() - t0) / m
-  results = []
-  for v, c, err in zip(val_accs, counts, errors):
-    if err:
-      results.append(child.ChildResult(0.0, 0.0, tuple(v), c, True, err, seconds))
-    else:
-      reward, acc = child.reward_from_accuracies(v, cfg)
-      results.append(child.ChildResult(reward, acc, tuple(v), c, False, "", seconds))
-  return results

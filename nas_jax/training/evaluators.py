@@ -1,80 +1,105 @@
-"""Child executors: how the children of one controller step are trained, chosen by the config.
+"""Evaluators: how the children of one controller step are trained and scored.
 
-An executor is ``(space, archs, dataset, keys) -> iterable of ChildResult`` (in order, so the
-search loop can record each child as soon as it is done):
+An evaluator is ``(space, archs, data, keys) -> iterable of ChildResult`` (in order, so the search
+loop records each child as soon as it is done) with a ``metric`` attribute naming the value that
+ranks children (:class:`nas_jax.spaces.base.Metric`). A space chooses its evaluator
+(``space.evaluator(cfg)``); a user's space whose ``build`` returns a Flax image classifier gets
+:func:`exact` without defining anything.
 
-* ``exact`` (CNN spaces): each child compiled at its exact shapes and cached (``nas_jax.child``);
-  with several local devices (``config.child.num_devices``: 0 = all) the children of a step are
-  spread over them, one Python thread per device dispatching its children asynchronously (JAX
-  releases the GIL while a device computes), and the results come back in order. A compiled
-  program belongs to one device, so a child whose architecture already ran on a device goes back
-  there unless that device is busier by more than a compile, as measured (:func:`assign_devices`);
-* ``vmap`` (CNN spaces, ``config.child.executor="vmap"``): the m children of a step trained
-  together in one program over a masked max-size network (``nas_jax.masked_cnn``), compiled once
-  per depth; with several local devices the children axis is sharded over them (``shard_map``);
-* cell spaces: all m language models of a step in one vmapped program
-  (``nas_jax.cell_children``; ``config.lm_child.vmap=False`` trains them one after another).
+* :func:`exact` (image classifiers): each child compiled at its exact shapes and cached
+  (``nas_jax.training.child``); with several local devices (``config.child.num_devices``: 0 = all)
+  the children of a step are spread over them, one Python thread per device dispatching its
+  children asynchronously (JAX releases the GIL while a device computes), and the results come
+  back in order. A compiled program belongs to one device, so a child whose architecture already
+  ran on a device goes back there unless that device is busier by more than a compile, as
+  measured (:func:`assign_devices`);
+* :func:`masked` (the CNN space, ``config.child.executor="vmap"``): the m children of a step
+  trained together in one program over a masked max-size network (``nas_jax.spaces.masked_cnn``),
+  compiled once per depth; with several local devices the children axis is sharded over them;
+* :func:`cells` (the recurrent-cell space): all m language models of a step in one vmapped
+  program (``nas_jax.training.cell_children``; ``config.lm_child.vmap=False`` trains them one
+  after another).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
+from typing import Callable, Iterable
 
 import jax
 from absl import logging
 
-from nas_jax import cell_children, child, config as config_lib, data as data_lib, masked_cnn, ptb
+from nas_jax import config as config_lib
+from nas_jax.spaces import base, masked_cnn
+from nas_jax.training import cell_children, child, trainer
 
 
-def load_data(cfg):
-  """The dataset ``cfg.data`` names: an image Dataset, or a PTB Corpus."""
-  d = cfg.data
-  if d.name == "ptb":
-    return ptb.load_ptb(d.level, d.data_dir or None)
-  return data_lib.load_dataset(d.name, d.data_dir or None, num_validation=d.num_validation or None,
-                               max_train=d.max_train or None, seed=cfg.seed)
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """``fn(space, archs, data, keys) -> iterable of ChildResult`` and the metric that ranks them."""
+  fn: Callable[..., Iterable[trainer.ChildResult]]
+  metric: base.Metric
+
+  def __call__(self, space, archs, data, keys):
+    return self.fn(space, archs, data, keys)
 
 
-def make_evaluator(cfg):
-  """The executor for ``cfg`` (see the module docstring)."""
-  log_fn = logging.info if cfg.search.verbose else None
-  if cfg.search_space.name == "rnn_cell":
-    lm_cfg = config_lib.lm_child_config(cfg)
+def _log_fn(cfg):
+  return logging.info if cfg.search.verbose else None
 
-    def evaluate_cells(space, archs, corpus, keys):
-      if not archs:
-        return []
-      return _all_or_failed(archs, lambda: cell_children.evaluate_cells(
-          space, archs, corpus, lm_cfg, keys, reward_constant=float(cfg.lm_child.reward_constant),
-          vmap=cfg.lm_child.vmap, log_fn=log_fn))
-    return evaluate_cells
 
-  train_cfg = config_lib.train_config(cfg)
-  on_device = {}  # (id(dataset), device) -> the dataset's arrays there, copied once per search
+def cells(cfg) -> Evaluator:
+  """Language models with the searched cells, m at a time; reward c / ppl^2."""
+  lm_cfg = config_lib.lm_child_config(cfg)
 
-  def placed(dataset, device):
-    if (id(dataset), device) not in on_device:
-      if any(k[0] != id(dataset) for k in on_device):
-        on_device.clear()
-      on_device[(id(dataset), device)] = dataset._replace(**{
+  def evaluate_cells(space, archs, corpus, keys):
+    if not archs:
+      return []
+    return _all_or_failed(archs, lambda: cell_children.evaluate_cells(
+        space, archs, corpus, lm_cfg, keys, reward_constant=float(cfg.lm_child.reward_constant),
+        vmap=cfg.lm_child.vmap, log_fn=_log_fn(cfg)), {"val_ppl": None, "train_ppl": None})
+  return Evaluator(evaluate_cells, base.PERPLEXITY)
+
+
+class _OnDevice:
+  """The dataset's arrays on each device, copied once per search (the last dataset only)."""
+
+  def __init__(self):
+    self._cache = {}
+
+  def __call__(self, dataset, device):
+    if (id(dataset), device) not in self._cache:
+      if any(k[0] != id(dataset) for k in self._cache):
+        self._cache.clear()
+      self._cache[(id(dataset), device)] = dataset._replace(**{
           f: jax.device_put(getattr(dataset, f), device) for f in dataset._fields
           if f.endswith(("_images", "_labels"))})
-    return on_device[(id(dataset), device)]
+    return self._cache[(id(dataset), device)]
 
+
+def masked(cfg) -> Evaluator:
+  """The m CNN children of a step in one vmapped program over the masked max-size network."""
+  train_cfg, placed = config_lib.train_config(cfg), _OnDevice()
   devices = local_devices(cfg.child.num_devices)
-  if cfg.child.executor == "vmap":
-    replicated = (jax.sharding.NamedSharding(masked_cnn.children_mesh(devices),
-                                             jax.sharding.PartitionSpec())
-                  if len(devices) > 1 else devices[0])
+  replicated = (jax.sharding.NamedSharding(masked_cnn.children_mesh(devices),
+                                           jax.sharding.PartitionSpec())
+                if len(devices) > 1 else devices[0])
 
-    def evaluate_vmap(space, archs, dataset, keys):
-      if not archs:
-        return []
-      return _all_or_failed(archs, lambda: masked_cnn.evaluate_masked(
-          space, archs, placed(dataset, replicated), train_cfg, keys, devices=tuple(devices),
-          log_fn=log_fn))
-    return evaluate_vmap
+  def evaluate_vmap(space, archs, dataset, keys):
+    if not archs:
+      return []
+    return _all_or_failed(archs, lambda: masked_cnn.evaluate_masked(
+        space, archs, placed(dataset, replicated), train_cfg, keys, devices=tuple(devices),
+        log_fn=_log_fn(cfg)), _NO_ACCURACY)
+  return Evaluator(evaluate_vmap, base.ACCURACY)
+
+
+def exact(cfg) -> Evaluator:
+  """Each child at its exact shapes, one after another on each local device."""
+  train_cfg, placed, log_fn = config_lib.train_config(cfg), _OnDevice(), _log_fn(cfg)
+  devices = local_devices(cfg.child.num_devices)
   # One single-thread queue per device: a child runs on the device it was assigned to.
   pools = ([concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"child-{d}")
             for d in range(len(devices))] if len(devices) > 1 else None)
@@ -91,7 +116,7 @@ def make_evaluator(cfg):
 
   def evaluate_one(model, dataset, key):
     if isinstance(model, Exception):  # the user's space could not build this child
-      return child.failed_result(model)
+      return trainer.failed_result(model, _NO_ACCURACY)
     return child.evaluate(model, dataset, train_cfg, key, log_fn=log_fn)
 
   def evaluate_exact(space, archs, dataset, keys):
@@ -114,20 +139,23 @@ def make_evaluator(cfg):
         r = f.result()
         if k in built and not r.failed:
           seconds[cold[k]].append(r.seconds)
-        yield r._replace(metrics={**(r.metrics or {}), "device": str(devices[where[k]])})
+        yield r._replace(metrics={**r.metrics, "device": str(devices[where[k]])})
     finally:  # the search stopped early (error, Ctrl-C): don't start the step's other children
       for f in futures:
         f.cancel()
-  return evaluate_exact
+  return Evaluator(evaluate_exact, base.ACCURACY)
 
 
-def _all_or_failed(archs, evaluate) -> list:
+_NO_ACCURACY = {"val_accuracy": 0.0, "val_accuracies": []}
+
+
+def _all_or_failed(archs, evaluate, metrics: dict) -> list:
   """``evaluate()`` (the results of a step's children trained together), or, if it raised (out
-  of memory, say), every child failed with that error."""
+  of memory, say), every child failed with that error (and ``metrics``)."""
   try:
     return evaluate()
   except Exception as e:  # pylint: disable=broad-except
-    return [child.failed_result(e)] * len(archs)
+    return [trainer.failed_result(e, metrics)] * len(archs)
 
 
 def _build(space, arch, num_classes):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax.search_spaces.base import CHOICE, Decision, Step
+from nas_jax.spaces.base import CHOICE, Decision, Step
 
 Params = dict
 

@@ -25,7 +25,7 @@ SUBDIR = "tensorboard"
 
 
 def step_scalars(step_row: dict, children: list[dict], best_reward: float | None,
-                 children_per_hour: float | None) -> dict[str, float]:
+                 children_per_hour: float | None, metric=None) -> dict[str, float]:
   """The scalars of one controller step.
 
   Args:
@@ -33,6 +33,8 @@ def step_scalars(step_row: dict, children: list[dict], best_reward: float | None
     children: the step's history rows.
     best_reward: the best reward of the search so far.
     children_per_hour: this run's throughput.
+    metric: the :class:`~nas_jax.spaces.base.Metric` of the children (default: accuracy): the
+      mean and max over the step of a metric to maximise, the median and min of one to minimise.
   """
   out = {}
   for key, name in (("loss", "controller/loss"), ("entropy", "controller/entropy"),
@@ -44,14 +46,13 @@ def step_scalars(step_row: dict, children: list[dict], best_reward: float | None
       out[name] = float(step_row[key])
   ok = [r for r in children if not r["failed"]]
   out["child/failed"] = float(len(children) - len(ok))
-  ppl = [r["val_ppl"] for r in ok if r.get("val_ppl") is not None]
-  acc = [r["val_accuracy"] for r in ok if r.get("val_accuracy") is not None]
-  if ppl:
-    out["child/val_ppl_median"] = float(np.median(ppl))
-    out["child/val_ppl_min"] = float(np.min(ppl))
-  elif acc:
-    out["child/val_accuracy_mean"] = float(np.mean(acc))
-    out["child/val_accuracy_max"] = float(np.max(acc))
+  name, higher = metric or ("val_accuracy", True)
+  values = [r[name] for r in ok if r.get(name) is not None]
+  if values:
+    center, extreme = (("mean", np.mean), ("max", np.max)) if higher else (("median", np.median),
+                                                                           ("min", np.min))
+    out[f"child/{name}_{center[0]}"] = float(center[1](values))
+    out[f"child/{name}_{extreme[0]}"] = float(extreme[1](values))
   if best_reward is not None:
     out["reward/best_so_far"] = float(best_reward)
   if children_per_hour:

@@ -1,4 +1,4 @@
-"""Cells for the language model (:class:`nas_jax.lm.Cell`): LSTM, NASCell, and searched cells."""
+"""Cells for the language model (:class:`nas_jax.training.lm.Cell`): LSTM, NASCell, searched."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax import lm, nascell
-from nas_jax.search_spaces import rnn_cell
+from nas_jax.training import lm
+from nas_jax.spaces import nascell
+from nas_jax.spaces import rnn_cell
 
 NO_OPS = np.zeros((0,), np.int32)  # numpy: no JAX backend is touched at import (jax.distributed)
 
@@ -49,7 +50,8 @@ def searched_lm_cell(space: rnn_cell.RNNCellSpace, init_scale: float = 0.1) -> l
 
 
 def _zero_carry(batch, hidden_size):  # two buffers: the train step donates the carry
-  return (jnp.zeros((batch, hidden_size), jnp.float32), jnp.zeros((batch, hidden_size), jnp.float32))
+  return (jnp.zeros((batch, hidden_size), jnp.float32),
+          jnp.zeros((batch, hidden_size), jnp.float32))
 
 
 def from_name(name: str, init_scale: float = 0.1):

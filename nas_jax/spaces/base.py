@@ -75,6 +75,16 @@ def split_tokens(plan: Sequence[Step], tokens_T) -> list[Any]:
   return out
 
 
+class Metric(NamedTuple):
+  """The value of a history row that ranks children (the reward is computed from it)."""
+  name: str
+  higher_is_better: bool
+
+
+ACCURACY = Metric("val_accuracy", True)
+PERPLEXITY = Metric("val_ppl", False)
+
+
 class SearchSpace:
   """Base class of search spaces; subclasses are frozen dataclasses (hashable values)."""
 
@@ -99,6 +109,38 @@ class SearchSpace:
   def describe(self, arch: Hashable) -> str:
     """A one-line human-readable form of ``arch`` (for logs)."""
     return json.dumps(to_json(arch))
+
+  def evaluator(self, cfg):
+    """How this space's children are trained and scored (``nas_jax.training.evaluators``).
+
+    The default trains what ``build`` returns as an image classifier, each child compiled at its
+    exact shapes (``config.child.executor="exact"``).
+    """
+    from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
+    if cfg.child.executor != "exact":
+      from nas_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+      raise ConfigError(f"config.child.executor: {cfg.child.executor!r} is for the CNN space's "
+                        f"masked network; {type(self).__name__} trains its children with 'exact'")
+    return evaluators.exact(cfg)
+
+  def from_json(self, obj: Any) -> Hashable:
+    """The inverse of :func:`to_json`: ``arch`` from its JSON form (a history row's ``arch``).
+
+    Reports use it to turn a row back into an architecture; the default raises
+    NotImplementedError (a space without it is reported without a diagram).
+
+    Raises:
+      ValueError: ``obj`` is not the JSON form of an architecture of this space.
+    """
+    raise NotImplementedError(f"{type(self).__name__} has no from_json")
+
+  def diagram(self, arch: Hashable, title: str = ""):
+    """A :class:`matplotlib.figure.Figure` of ``arch``; None (the default): no diagram.
+
+    Spaces import matplotlib inside this method only, so importing a space stays light.
+    """
+    del arch, title
+    return None
 
 
 def to_json(arch: Any) -> Any:

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax.search_spaces import base
+from nas_jax.spaces import base
 
 Params = dict
 
@@ -197,12 +197,43 @@ class RNNCellSpace(base.SearchSpace):
   def build(self, arch: CellArch, num_classes: int):
     raise NotImplementedError(
         "RNNCellSpace children are language models built by the LM trainer: use "
-        "nas_jax.search_spaces.rnn_cell.init_cell / cell_apply with space.ops(arch)")
+        "nas_jax.spaces.rnn_cell.init_cell / cell_apply with space.ops(arch)")
+
+  def evaluator(self, cfg):
+    """Language models with the searched cells (``nas_jax.training.cell_children``)."""
+    from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
+    return evaluators.cells(cfg)
 
   def describe(self, arch: CellArch) -> str:
     nodes = " ".join(f"{i}:{o.combination}/{o.activation}" for i, o in enumerate(arch.nodes))
     return (f"{nodes} inject:{arch.inject.combination}/{arch.inject.activation}"
             f"@{arch.inject_node} c:{arch.c_node}")
+
+  def from_json(self, obj) -> CellArch:
+    """The inverse of ``base.to_json``; also takes a history row (its ``arch``).
+
+    Raises:
+      ValueError: ``obj`` is not a cell of this space's base in the history's JSON form.
+    """
+    if isinstance(obj, dict) and "arch" in obj:
+      obj = obj["arch"]
+    try:
+      nodes = tuple(NodeOp(n["combination"], n["activation"]) for n in obj["nodes"])
+      inj = obj["inject"]
+      arch = CellArch(nodes, NodeOp(inj["combination"], inj["activation"]), int(obj["c_node"]),
+                      int(obj["inject_node"]))
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"not a cell architecture in the history's JSON form ({e!r}): "
+                       f"{obj!r:.200}") from None
+    if len(arch.nodes) != self.num_nodes:
+      raise ValueError(f"a cell of {len(arch.nodes)} nodes; this space (base {self.base}) has "
+                       f"{self.num_nodes}")
+    return arch
+
+  def diagram(self, arch: CellArch, title: str = ""):
+    """The diagram of :func:`nas_jax.spaces.rnn_cell_diagram.draw` (a matplotlib Figure)."""
+    from nas_jax.spaces import rnn_cell_diagram  # pylint: disable=import-outside-toplevel
+    return rnn_cell_diagram.draw(arch, title)
 
 
 def arch_ops(arch: CellArch) -> np.ndarray:

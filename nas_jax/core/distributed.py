@@ -16,10 +16,16 @@ peer's missing result is also reported by :meth:`Cluster.gather` after ``timeout
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import time
 
+import flax.serialization
 import jax
 import numpy as np
+
+from nas_jax.spaces import base
+from nas_jax.training import trainer
 
 
 class DistributedError(RuntimeError):
@@ -64,7 +70,7 @@ class Cluster:
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
     client = jax_distributed.global_state.client
     if client is None:
-      raise DistributedError("jax.distributed is not initialised; call nas_jax.distributed."
+      raise DistributedError("jax.distributed is not initialised; call nas_jax.core.distributed."
                              "initialize() first")
     return client
 
@@ -105,8 +111,62 @@ class Cluster:
                                f"{timeout_s:.0f} s (search.gather_timeout_s); a process may have "
                                "died or hung; see its log")
 
+  def share_start(self, start: int, state, rows: list[dict], digest: str, timeout_s: float):
+    """Where the search starts, as process 0 restored it: ``(step, searcher state, rows)``.
+
+    Every process then holds the whole history, so all reuse the same rows and agree on the best.
+    A process whose config (``digest``) differs from process 0's raises DistributedError.
+    """
+    if self.count == 1:
+      return start, state, rows
+    if self.is_primary:
+      self.publish("start/state", flax.serialization.to_bytes(state))
+      self.publish("start/info", json.dumps(
+          {"start": start, "rows": rows, "config": digest}).encode())
+    state = flax.serialization.from_bytes(state, self.fetch("start/state", timeout_s))
+    info = json.loads(self.fetch("start/info", timeout_s))
+    if info["config"] != digest:
+      raise DistributedError(
+          f"process {self.index} runs another config than process 0 (config hash "
+          f"{digest[:12]} vs {info['config'][:12]}); give every process the same config and flags")
+    return info["start"], state, info["rows"]
+
+  def shared(self, evaluator, timeout_s: float):
+    """``evaluator`` shared out: ``(step, indices, space, archs, data, keys) -> results``.
+
+    This process evaluates the children whose index ``k % count == index`` and publishes their
+    results; the others' come from the key-value store. Every process gets every result, in
+    order (with one process: the evaluator's own results, as they come).
+    """
+    calls = itertools.count()
+
+    def evaluate(step, indices, space, archs, data, keys):
+      if self.count == 1:
+        yield from evaluator(space, archs, data, keys)
+        return
+      call = next(calls)
+      mine = [i for i, k in enumerate(indices) if k % self.count == self.index]
+      results = {}
+      for i, res in zip(mine, evaluator(space, [archs[i] for i in mine], data,
+                                        [keys[i] for i in mine])):
+        results[i] = res
+        self.publish(f"{call}/{indices[i]}", json.dumps(
+            {"arch": base.to_json(archs[i]), **res._asdict()}).encode())
+      for i, k in enumerate(indices):
+        if i not in results:
+          got = json.loads(self.fetch(f"{call}/{k}", timeout_s))
+          if got.pop("arch") != json.loads(json.dumps(base.to_json(archs[i]))):
+            raise DistributedError(
+                f"child {step}.{k} of another process is another architecture than this process "
+                "sampled: the processes' controllers differ (same config and seed everywhere?)")
+          results[i] = trainer.ChildResult(**got)
+        yield results[i]
+    return evaluate
+
   def abort(self, reason: str) -> None:
     """Tells the other processes to stop (they raise DistributedError with ``reason``)."""
+    if self.count == 1:
+      return
     try:
       self._client().key_value_set_bytes(f"{self.prefix}/abort", reason.encode()[:4000])
     except Exception:  # pylint: disable=broad-except  (already aborted by another process)

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nas_jax import controller
-from nas_jax.search_spaces.base import Decision, Step
+from nas_jax.core import controller
+from nas_jax.spaces.base import Decision, Step
 
 
 @flax.struct.dataclass

@@ -1,12 +1,13 @@
 """Training the m recurrent-cell children of a controller step together, and their reward.
 
 Each child is a language model whose recurrent cell is one architecture of
-:class:`~nas_jax.search_spaces.rnn_cell.RNNCellSpace`. A cell enters the model as its ``ops`` array
+:class:`~nas_jax.spaces.rnn_cell.RNNCellSpace`. A cell enters the model as its ``ops`` array
 (a traced int array: every node computes its cheap elementwise candidates and selects one), so
 ``jax.vmap`` trains all m children side by side in one compiled program, compiled once for the
 whole search. ``vmap=False`` trains the same children one after another (the baseline of
-``benchmarks/cell_children.py``). Reward (paper, Section 4.2): ``c / (validation perplexity)^2``,
-c = 80. A child whose perplexity is not finite gets reward 0 and is marked failed.
+``benchmarks/cell_children.py``); the loops are ``trainer.lm_epoch`` and ``trainer.lm_nll``.
+Reward (paper, Section 4.2): ``c / (validation perplexity)^2``, c = 80. A child whose last training
+loss or validation loss is not finite gets reward 0 and is marked failed (``trainer.diverged``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import time
 from typing import Sequence
 
@@ -21,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax import child, lm, lm_cells, ptb
-from nas_jax.search_spaces import rnn_cell
+from nas_jax.training import lm, lm_cells, ptb, trainer
+from nas_jax.spaces import rnn_cell
 
 
 @functools.lru_cache(maxsize=8)
@@ -38,9 +40,9 @@ def _programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int, v
   init = functools.partial(lm.init_params, vocab_size=vocab_size, cell=cell, cfg=cfg)
   train_step, eval_step = lm.make_train_step(cell, cfg), lm.make_eval_step(cell, cfg)
   if vmapped:
-    init = jax.vmap(init)
-    train_step = jax.vmap(train_step, in_axes=(0, 0, 0, None, None, None, 0))
-    eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None, None))
+    init = trainer.children_map(init, (0,))
+    train_step = trainer.children_map(train_step, (0, 0, 0, None, None, None, 0))
+    eval_step = trainer.children_map(eval_step, (0, 0, 0, None, None))
   return (cell, jax.jit(init), jax.jit(train_step, donate_argnums=(0, 2)),
           jax.jit(eval_step, donate_argnums=(2,)))
 
@@ -56,44 +58,34 @@ def _train(space, ops, corpus, cfg, keys, vmapped, log_fn=None):
       if vmapped else (lambda t: t)
   train_ids = corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens else corpus.train
   stream = ptb.batchify(train_ids, cfg.batch_size)
-  use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
-  train_nll, step = [], 0
+  step = 0
   for epoch in range(1, cfg.epochs + 1):
-    carry = stack(lm.init_carry(cell, cfg, cfg.batch_size))
     lr = lm.learning_rate(cfg, epoch)
-    for x, y in ptb.segments(stream, cfg.bptt):
-      k = None
-      if use_dropout:
-        k = (jax.vmap(jax.random.fold_in, in_axes=(0, None))(drop_keys, step) if vmapped
-             else jax.random.fold_in(drop_keys, step))
-      params, carry, nll = train_step(params, ops, carry, x, y, lr, k)
-      train_nll.append(nll)
-      step += 1
+    params, nlls, step = trainer.lm_epoch(train_step, params, ops,
+                                          stack(lm.init_carry(cell, cfg, cfg.batch_size)), stream,
+                                          cfg, lr, drop_keys, step, children=vmapped)
     if log_fn:  # waits for the device: only when asked for
-      ppl = np.exp(np.minimum(np.asarray(train_nll[-1]) / (cfg.batch_size * cfg.bptt), 700.0))
+      ppl = np.exp(np.minimum(np.asarray(nlls[-1]) / (cfg.batch_size * cfg.bptt), 700.0))
       log_fn(f"  epoch {epoch}/{cfg.epochs} ({step} steps) lr {lr:.4g} last-batch train ppl "
              f"{np.round(np.atleast_1d(ppl), 2).tolist()}")
   val_ids = corpus.valid[:cfg.max_eval_tokens + 1] if cfg.max_eval_tokens else corpus.valid
-  carry = stack(lm.init_carry(cell, cfg, cfg.eval_batch_size))
-  val_total, count = 0.0, 0
-  for x, y in ptb.segments(ptb.batchify(val_ids, cfg.eval_batch_size), cfg.bptt,
-                           keep_partial=True):
-    carry, nll = eval_step(params, ops, carry, x, y)
-    val_total = val_total + nll
-    count += y.size
-  return np.asarray(train_nll[-1]), np.asarray(val_total) / count
+  val_nlls, count = trainer.lm_nll(eval_step, params, ops,
+                                   stack(lm.init_carry(cell, cfg, cfg.eval_batch_size)),
+                                   ptb.batchify(val_ids, cfg.eval_batch_size), cfg.bptt)
+  val_total = functools.reduce(operator.add, val_nlls, 0.0)  # on the device: no wait per segment
+  return np.asarray(nlls[-1]), np.asarray(val_total) / count
 
 
 def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellArch],
                    corpus: ptb.Corpus, cfg: lm.LMConfig, keys: Sequence[jax.Array], *,
                    reward_constant: float = 80.0, vmap: bool = True,
-                   log_fn=None) -> list[child.ChildResult]:
+                   log_fn=None) -> list[trainer.ChildResult]:
   """Trains one LM per cell (all m at once when ``vmap``) and returns their rewards.
 
   Args:
     space: the cell search space.
     archs: m decoded cells.
-    corpus: PTB (``nas_jax.ptb.load_ptb``).
+    corpus: PTB (``nas_jax.training.ptb.load_ptb``).
     cfg: the child LM's config (``max_train_tokens``/``max_eval_tokens`` set a CPU budget).
     keys: one PRNG key per child (same key -> same child, vmapped or not).
     reward_constant: c in c / ppl^2.
@@ -101,7 +93,8 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
     log_fn: optional callable(str) for per-epoch progress.
 
   Returns:
-    One ChildResult per cell; ``metrics`` holds ``val_ppl`` and ``train_ppl``.
+    One :class:`~nas_jax.training.trainer.ChildResult` per cell; ``metrics`` holds ``val_ppl`` and
+    ``train_ppl`` (None when failed).
   """
   t0 = time.time()
   ops = np.stack([space.ops(a) for a in archs]).astype(np.int32)
@@ -118,14 +111,17 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
       jax.random.key(0))))
   results = []
   for k in range(len(archs)):
-    val_ppl = math.exp(min(float(val_nll[k]), 700.0))
-    train_ppl = math.exp(min(float(train_nll[k]) / (cfg.batch_size * cfg.bptt), 700.0))
-    failed = not (math.isfinite(float(val_nll[k])) and math.isfinite(float(train_nll[k])))
+    error = (trainer.diverged(train_nll[k], cfg.epochs)[0]
+             or trainer.diverged(val_nll[k], cfg.epochs, "validation loss")[0])
+    if error is not None:
+      results.append(trainer.failed_result(error, {"val_ppl": None, "train_ppl": None}, n_params,
+                                           seconds))
+      continue
     # c / ppl^2 = c * exp(-2 * nll): no overflow for children with astronomic perplexities.
-    reward = 0.0 if failed else reward_constant * math.exp(-2.0 * float(val_nll[k]))
-    results.append(child.ChildResult(
-        reward=reward, val_accuracy=0.0, val_accuracies=(), param_count=n_params, failed=failed,
-        error="perplexity is not finite" if failed else "", seconds=seconds,
-        metrics={"val_ppl": None if failed else val_ppl,
-                 "train_ppl": None if failed else train_ppl}))
+    results.append(trainer.ChildResult(
+        reward=reward_constant * math.exp(-2.0 * float(val_nll[k])),
+        metrics={"val_ppl": math.exp(min(float(val_nll[k]), 700.0)),
+                 "train_ppl": math.exp(min(float(train_nll[k]) / (cfg.batch_size * cfg.bptt),
+                                           700.0))},
+        param_count=n_params, failed=False, error="", seconds=seconds))
   return results

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nas_jax import ptb
+from nas_jax.training import ptb, trainer
 
 
 class Cell(NamedTuple):
@@ -272,15 +272,10 @@ def perplexity(params, ops, ids: np.ndarray, cell: Cell, cfg: LMConfig, batch_si
   if max_tokens:
     ids = ids[:max_tokens + 1]
   _, eval_step = _jitted(cell, cfg)
-  stream = ptb.batchify(ids, batch_size)
   bptt = bptt or (cfg.bptt if batch_size > 1 else 400)
-  carry = init_carry(cell, cfg, batch_size)
-  total, count = 0.0, 0
-  for x, y in ptb.segments(stream, bptt, keep_partial=True):  # every target counted once
-    carry, nll = eval_step(params, ops, carry, x, y)
-    total += float(nll)
-    count += y.size
-  return math.exp(total / count)
+  nlls, count = trainer.lm_nll(eval_step, params, ops, init_carry(cell, cfg, batch_size),
+                               ptb.batchify(ids, batch_size), bptt)
+  return math.exp(sum(float(nll) for nll in nlls) / count)
 
 
 class LMResult(NamedTuple):
@@ -305,23 +300,18 @@ def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=
   train_ids = corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens else corpus.train
   stream = ptb.batchify(train_ids, cfg.batch_size)
   history = []
-  use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
   step = 0
   for epoch in range(1, cfg.epochs + 1):
     lr = learning_rate(cfg, epoch)
-    carry = init_carry(cell, cfg, cfg.batch_size)
-    t0, count, nlls = time.time(), 0, []
-    for x, y in ptb.segments(stream, cfg.bptt):
-      k = jax.random.fold_in(drop_key, step) if use_dropout else None
-      params, carry, nll = train_step(params, ops, carry, x, y, lr, k)
-      nlls.append(nll)
-      count += y.size
-      step += 1
+    t0 = time.time()
+    params, nlls, step = trainer.lm_epoch(train_step, params, ops,
+                                          init_carry(cell, cfg, cfg.batch_size), stream, cfg, lr,
+                                          drop_key, step)
+    count = len(nlls) * cfg.batch_size * cfg.bptt
     total = float(jnp.sum(jnp.stack(nlls)))
     seconds = time.time() - t0
+    trainer.check_finite(total / count, epoch)
     train_ppl = math.exp(total / count)
-    if not math.isfinite(train_ppl):
-      raise FloatingPointError(f"training perplexity became {train_ppl} in epoch {epoch}")
     valid_ppl = perplexity(params, ops, corpus.valid, cell, cfg, cfg.eval_batch_size,
                            max_tokens=cfg.max_eval_tokens)
     history.append({"epoch": epoch, "lr": lr, "train_ppl": train_ppl, "valid_ppl": valid_ppl,

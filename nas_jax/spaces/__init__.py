@@ -2,12 +2,12 @@
 
 ``SPACES`` maps ``config.search_space.name`` to the class; the other fields of
 ``config.search_space`` are the class's dataclass fields (lists become tuples). A space can also be
-passed to ``nas_jax.search.run_search(..., space=...)`` directly, without any registry.
+passed to ``nas_jax.core.search.run_search(..., space=...)`` directly, without any registry.
 """
 
-from nas_jax.search_spaces.base import Decision, SearchSpace, Step, anchor, choice, num_tokens
-from nas_jax.search_spaces.cnn import CNNArch, CNNSpace, Layer
-from nas_jax.search_spaces.rnn_cell import CellArch, NodeOp, RNNCellSpace
+from nas_jax.spaces.base import Decision, SearchSpace, Step, anchor, choice, num_tokens
+from nas_jax.spaces.cnn import CNNArch, CNNSpace, Layer
+from nas_jax.spaces.rnn_cell import CellArch, NodeOp, RNNCellSpace
 
 SPACES = {"cnn": CNNSpace, "rnn_cell": RNNCellSpace}
 

@@ -1,0 +1,1 @@
+"""The search itself: controller, REINFORCE, searchers, the loop, its workdir, several processes."""

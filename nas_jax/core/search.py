@@ -1,0 +1,185 @@
+"""The search loop: propose -> decode -> evaluate -> feedback -> record.
+
+One controller step samples m architectures, evaluates each child (the space's evaluator, e.g.
+training it on the data), and feeds the rewards back to the searcher. What a run writes and how it
+resumes is :mod:`nas_jax.core.workdir`'s; how several processes share a step's children is
+:mod:`nas_jax.core.distributed`'s. Randomness comes from one root key split into named streams,
+with per-step keys from ``fold_in``, so a run stopped at any moment and restarted writes the same
+history as an uninterrupted one; children already evaluated are taken from the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from absl import logging
+
+from nas_jax import config as config_lib
+from nas_jax.core import distributed, searchers, workdir as workdir_lib
+from nas_jax.core.workdir import WorkdirError, WorkdirMismatchError  # noqa: F401  (public)
+from nas_jax.spaces import base
+from nas_jax.tools import analysis
+from nas_jax.training import data as data_lib, trainer
+
+
+class ChildrenFailError(RuntimeError):
+  """Every child raised an exception: the search space or the data is broken."""
+
+
+@dataclasses.dataclass
+class SearchResult:
+  best: dict[str, Any] | None
+  num_evaluated: int
+  workdir: str
+  metric: base.Metric = base.ACCURACY
+
+
+def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, dataset=None,
+               evaluate_fn: Callable[..., trainer.ChildResult] | None = None,
+               evaluate_batch_fn: Callable[..., Iterable[trainer.ChildResult]] | None = None
+               ) -> SearchResult:
+  """Runs (or resumes) a search in ``workdir``.
+
+  Args:
+    cfg: a config from ``nas_jax.config.default_config()`` or an experiment file.
+    workdir: output directory; a previous run of the same config there is resumed.
+    space: a search space object; defaults to the one ``cfg.search_space`` names.
+    dataset: the data; defaults to ``cfg.data`` (``nas_jax.training.data.load``).
+    evaluate_fn: ``(space, arch, dataset, key) -> ChildResult``; replaces the space's evaluator
+      (e.g. a fake reward to test searchers).
+    evaluate_batch_fn: ``(space, archs, dataset, keys) -> iterable of ChildResult`` in order;
+      replaces the space's evaluator (``space.evaluator(cfg)``), which trains a step's children.
+
+  Under ``jax.distributed`` every process runs this with the same config: the children of each
+  step are shared out, all processes apply the same update, and only process 0 writes ``workdir``.
+
+  Returns:
+    A :class:`SearchResult` with the best history row.
+  """
+  cluster = distributed.current()
+  try:
+    return _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn)
+  except BaseException as e:  # the other processes stop too, instead of waiting for this one
+    cluster.abort(f"process {cluster.index} stopped: {type(e).__name__}: {e}")
+    raise
+
+
+def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
+  config_lib.validate(cfg)
+  space = space or config_lib.search_space(cfg)
+  searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
+  evaluator = _evaluator(cfg, space, evaluate_fn, evaluate_batch_fn)
+  metric = getattr(evaluator, "metric", base.ACCURACY)
+  record = workdir_lib.config_record(cfg, space, metric)
+  wd = workdir_lib.open_workdir(workdir, record, cfg.search, cluster.is_primary, space)
+  wd.check()  # a workdir of another config is refused before the data is loaded
+  if dataset is None:
+    dataset = data_lib.load(cfg.data, cfg.seed)
+  root = jax.random.key(cfg.seed)
+  init_key, propose_key, child_key = (jax.random.fold_in(root, i) for i in range(3))
+  m, num_steps = cfg.search.children_per_step, cfg.search.num_steps
+  with wd:
+    wd.open()  # only now, with config and data known good, is the workdir written
+    start, state, rows = wd.restore(searcher.init(init_key, space.decisions))
+    start, state, rows = cluster.share_start(start, state, rows, config_lib.run_digest(record),
+                                             cfg.search.gather_timeout_s)
+    kept = [r for r in rows if r["step"] < start]
+    reusable = {(r["step"], r["index"]): r for r in rows if r["step"] >= start}
+    evaluate = cluster.shared(evaluator, cfg.search.gather_timeout_s)
+    progress = _Progress(num_steps, m)
+    for step in range(start, num_steps):
+      t_step = time.time()
+      num_layers = space.num_layers(step * m)
+      plan = space.plan(num_layers)
+      tokens, info = searcher.propose(state, jax.random.fold_in(propose_key, step), plan,
+                                      space.decisions, m)
+      t_controller = time.time() - t_step
+      archs = [space.decode(plan, t) for t in tokens]
+      old = [reusable.pop((step, k), None) for k in range(m)]
+      step_rows = [r if r is not None and r["tokens"] == tokens[k].tolist() else None
+                   for k, r in enumerate(old)]
+      todo = [k for k in range(m) if step_rows[k] is None]
+      t_children = time.time()
+      results = iter(evaluate(step, todo, space, [archs[k] for k in todo], dataset,
+                              [jax.random.fold_in(child_key, step * m + k) for k in todo]))
+      for k in range(m):  # each child is recorded as soon as it is evaluated
+        if step_rows[k] is None:
+          step_rows[k] = _row(step, k, num_layers, tokens[k], archs[k], space, next(results))
+        wd.write_row(step_rows[k])
+      kept += step_rows
+      t_children = time.time() - t_children
+      t0 = time.time()
+      rewards = np.array([r["reward"] for r in step_rows], np.float32)
+      state, metrics = searcher.feedback(state, tokens, rewards, plan, space.decisions)
+      metrics = {k: float(v) for k, v in metrics.items()}
+      t_controller += time.time() - t0
+      rate = progress.add(len(todo))
+      step_row = {
+          "step": step, "num_layers": num_layers, "children": len(todo),
+          "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
+          "entropy": float(info["entropy"]), **metrics,
+          "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
+          "seconds": round(time.time() - t_step, 4)}
+      wd.end_step(step, state, step_row, step_rows, kept, metric, rate * 60 if rate else None)
+      _stop_if_all_raised(kept)
+      progress.log(step, num_layers, rewards, metrics, info, analysis.best_row(kept),
+                   t_controller)
+    wd.finish(kept, max(start, num_steps))
+  return SearchResult(analysis.best_row(kept), len(kept), workdir, metric)
+
+
+def _evaluator(cfg, space, evaluate_fn, evaluate_batch_fn):
+  """The space's evaluator, unless the caller gives its own (``evaluate_fn``: one child)."""
+  if evaluate_fn is not None:
+    return lambda space, archs, dataset, keys: (
+        evaluate_fn(space, a, dataset, k) for a, k in zip(archs, keys))
+  return evaluate_batch_fn or space.evaluator(cfg)
+
+
+def _row(step, k, num_layers, tokens, arch, space, res: trainer.ChildResult) -> dict:
+  if res.failed:
+    logging.warning("child %d.%d failed: %s", step, k, res.error.splitlines()[0])
+  return {"step": step, "index": k, "num_layers": num_layers, "tokens": tokens.tolist(),
+          "arch": base.to_json(arch), "description": space.describe(arch), "reward": res.reward,
+          **res.metrics, "param_count": res.param_count, "seconds": round(res.seconds, 3),
+          "failed": res.failed, "error": res.error}
+
+
+def _raised(row) -> bool:
+  """Did this child raise (a bug in the space or the data), rather than diverge?"""
+  e = row["error"]
+  return bool(row["failed"] and e and not e.startswith("FloatingPointError")
+              and "not finite" not in e)
+
+
+def _stop_if_all_raised(rows) -> None:
+  if rows and all(_raised(r) for r in rows):
+    raise ChildrenFailError(f"every child so far failed; the first error:\n{rows[0]['error']}")
+
+
+class _Progress:
+  """The log line of each step: rewards, the controller, speed and time left."""
+
+  def __init__(self, num_steps: int, m: int):
+    self.num_steps, self.m, self.t0, self.done = num_steps, m, time.time(), 0
+
+  def add(self, children: int) -> float:
+    """Counts a step's newly evaluated children; returns children per minute so far."""
+    self.done += children
+    elapsed = time.time() - self.t0
+    return self.done / elapsed * 60 if elapsed > 0 and self.done else 0.0
+
+  def log(self, step, num_layers, rewards, metrics, info, best, t_controller):
+    rate = self.done / max(time.time() - self.t0, 1e-9) * 60 if self.done else 0.0
+    eta = (self.num_steps - step - 1) * self.m / (rate / 60) if rate else float("nan")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    logging.info(
+        "step %d/%d | layers %d | reward mean %.4f max %.4f | baseline %s | entropy %.2f | "
+        "loss %s | best %.4f | %.1f children/min | controller %.0f ms | eta %.0fs",
+        step + 1, self.num_steps, num_layers, rewards.mean(), rewards.max(),
+        fmt(metrics.get("baseline")), info["entropy"], fmt(metrics.get("loss")),
+        best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)

@@ -1,0 +1,407 @@
+"""A search's workdir: everything it writes, and the rules that keep every row.
+
+Files (written by process 0 only; the other processes of a search get a :class:`NoWorkdir`):
+
+* ``config.json``: the config the workdir belongs to, with the space's class and module and the
+  metric that ranks its children (a different config is refused);
+* ``history.jsonl``: one line per evaluated architecture, appended as soon as it is evaluated;
+* ``steps.jsonl``: one line per controller step (rewards, the controller's metrics, timings); a
+  step is done once its line is written;
+* ``checkpoints/``: orbax checkpoints of the searcher state after each controller step;
+* ``summary.json``: the best architecture so far;
+* ``tensorboard/``: TensorBoard scalars per controller step (``nas_jax.tools.summaries``);
+* ``.lock``: held (``flock``) while a search runs, so a second search on the workdir is refused.
+
+What is refused rather than repaired, leaving every file as it was: a history or steps line that
+does not parse or is not a row (only a last line cut short by a kill, with no newline, is
+dropped); a history that lacks rows of steps the checkpoint says are done; a workdir of another
+config or in use by another search. A checkpoint that does not restore is moved aside to
+``checkpoints_unreadable/`` and the one before is used; the rows of the later steps are reused, so
+no child is trained twice. Every ``OSError`` (disk full, read-only, a path that is a file) becomes
+one :class:`WorkdirError` naming the path and the cause; what was written before stays consistent,
+and the same command resumes once the cause is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging as logging_std
+import os
+import re
+import shutil
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from nas_jax import config as config_lib
+from nas_jax.spaces import base
+from nas_jax.tools import analysis, summaries
+
+# Keys of config.json derived from the space and its evaluator; absent in older workdirs.
+DERIVED_KEYS = ("search_space.class", "search_space.module", "metric.name",
+                "metric.higher_is_better")
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used as it is; the message names the path, the cause and the fix."""
+
+
+class WorkdirMismatchError(WorkdirError):
+  """The workdir holds a run with a different config."""
+
+
+def config_record(cfg, space: base.SearchSpace, metric: base.Metric) -> dict[str, Any]:
+  """What ``config.json`` holds: the flat config plus the space's class and the metric."""
+  record = json.loads(json.dumps(config_lib.flatten(cfg)))  # tuples -> lists, as on disk
+  record.update({"search_space.class": type(space).__name__,
+                 "search_space.module": type(space).__module__,
+                 "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better})
+  return record
+
+
+@contextlib.contextmanager
+def _io(what: str, path: str):
+  """Turns an OSError into one WorkdirError line: what was being done, on which path, why."""
+  try:
+    yield
+  except OSError as e:
+    cause = e.strerror or str(e)
+    hint = {errno.ENOSPC: "free some space and rerun the same command to resume",
+            errno.EFBIG: "free some space and rerun the same command to resume",
+            errno.EROFS: "use a writable --workdir", errno.EACCES: "use a writable --workdir",
+            errno.ENOTDIR: "--workdir must be a directory", errno.EEXIST:
+            "--workdir must be a directory"}.get(e.errno, "fix it and rerun the same command")
+    raise WorkdirError(f"cannot {what} {e.filename or path}: {cause}; {hint}") from None
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with _io("write", path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str, required: dict[str, Any]) -> list[dict]:
+  """``analysis.read_history``, with a damaged line as one WorkdirError naming the fix."""
+  with _io("read", path):
+    try:
+      return analysis.read_history(path, required)
+    except ValueError as e:
+      raise WorkdirError(f"{e}; the workdir was edited or damaged: restore the file or use a new "
+                         "--workdir (nothing was changed)") from None
+
+
+class Workdir:
+  """The workdir of process 0: one search at a time, all its files, resume after any stop."""
+
+  def __init__(self, path: str, record: dict[str, Any], *, space_json: Any = None,
+               keep_checkpoints: int = 3, tensorboard: bool = True):
+    self.path, self.record, self._space_json = path, record, space_json or {}
+    self._keep, self._tensorboard = keep_checkpoints, tensorboard
+    self._lock = self._manager = self._history = self._steps = self._writer = None
+    self._later: list[dict] = []
+
+  def _file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def check(self) -> None:
+    """Refuses (reading only) a workdir that belongs to another config, or is not a directory."""
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise WorkdirError(f"--workdir {self.path} is a file, not a directory; give a directory")
+    path = self._file("config.json")
+    if os.path.exists(path):
+      with _io("read", path), open(path) as f:
+        try:
+          old = json.load(f)
+        except ValueError:
+          raise WorkdirError(f"{path} does not parse; restore it or use a new --workdir") from None
+      diffs = sorted(k for k in set(old) | set(self.record)
+                     if k not in config_lib.RESUMABLE_CHANGES
+                     and not (k in DERIVED_KEYS and k not in old)
+                     and old.get(k) != self.record.get(k))
+      if diffs:
+        shown = "; ".join(f"config.{k}: workdir has {old.get(k)!r}, now {self.record.get(k)!r}"
+                          for k in diffs[:3])
+        raise WorkdirMismatchError(
+            f"workdir {self.path} holds a search with a different config ({shown}"
+            f"{'; ...' if len(diffs) > 3 else ''}); use a new --workdir or the same config")
+    elif os.path.isdir(self._file("checkpoints")):
+      raise WorkdirMismatchError(f"workdir {self.path} has checkpoints but no config.json; "
+                                 "use a new --workdir")
+
+  def open(self) -> None:
+    """Creates the workdir, takes its lock, and writes config.json (a new workdir)."""
+    self.check()
+    with _io("create", self.path):
+      os.makedirs(self.path, exist_ok=True)
+    lock_path = self._file(".lock")
+    with _io("lock", lock_path):
+      self._lock = open(lock_path, "a+")  # pylint: disable=consider-using-with
+      try:
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        self._lock.seek(0)
+        holder = self._lock.read().strip() or "?"
+        self._lock.close()
+        self._lock = None
+        raise WorkdirError(f"workdir {self.path} is in use by another search (pid {holder}); "
+                           "wait for it to end or use another --workdir") from None
+      self._lock.seek(0)
+      self._lock.truncate()
+      self._lock.write(f"{os.getpid()}\n")
+      self._lock.flush()
+    self.check()  # again, under the lock: another search may have just written config.json
+    if not os.path.exists(self._file("config.json")):
+      _write_atomic(self._file("config.json"), json.dumps(self.record, indent=1, sort_keys=True))
+
+  def restore(self, state):
+    """Where the search starts: ``(step, searcher state, history rows)``.
+
+    The rows are those of the steps before ``step`` followed by any of later steps (an
+    interrupted step, or more after a fall back to an older checkpoint), which the search reuses
+    where the tokens match.
+    """
+    steps_path, history_path = self._file("steps.jsonl"), self._file("history.jsonl")
+    step_rows = read_jsonl(steps_path, analysis.STEP_KEYS)
+    rows = read_jsonl(history_path, analysis.ROW_KEYS)
+    ckpt_dir = os.path.abspath(self._file("checkpoints"))
+    logged = {r["step"] for r in step_rows}
+    if not os.path.exists(steps_path) and os.path.isdir(ckpt_dir):
+      logging.warning("%s is missing: the metrics of the steps done so far are lost; the search "
+                      "goes on from its checkpoint", steps_path)
+      logged = None
+    options = {}
+    if jax.process_count() > 1:  # only process 0 touches the checkpoints
+      with _io("create", ckpt_dir):
+        os.makedirs(ckpt_dir, exist_ok=True)
+      options = {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
+          primary_host=0, active_processes={0})}
+    with _io("open the checkpoints in", ckpt_dir):
+      self._manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+          max_to_keep=self._keep, enable_async_checkpointing=False, cleanup_tmp_directories=True,
+          **options))
+    start, state = _restore(self._manager, state, logged, self.path, rows,
+                            self.record["search.children_per_step"])
+    kept = [r for r in rows if r["step"] < start]
+    self._later = [r for r in rows if r["step"] >= start]
+    _write_atomic(history_path, "".join(_line(r).decode() for r in rows))  # drops a cut line
+    _write_atomic(steps_path, "".join(json.dumps(r) + "\n" for r in step_rows
+                                      if r["step"] < start))
+    with _io("open", history_path):
+      self._history = open(history_path, "r+b")  # pylint: disable=consider-using-with
+      self._history.seek(sum(len(_line(r)) for r in kept))
+      self._steps = open(steps_path, "a")  # pylint: disable=consider-using-with
+    self._later.reverse()
+    if self._tensorboard:
+      with _io("write TensorBoard events in", self.path):
+        self._writer = summaries.Writer(self.path, purge_step=start + 1)  # redone steps' points go
+    return start, state, rows
+
+  def write_row(self, row: dict) -> None:
+    """Appends a child's row; a row equal to the next one still on disk from an interrupted run
+    is kept in place, any other cuts the file there first (so a kill meanwhile loses nothing)."""
+    line = _line(row)
+    with _io("write", self._history.name):
+      if self._later and self._later[-1] == row:
+        self._later.pop()
+        self._history.seek(len(line), os.SEEK_CUR)
+        return
+      if self._later:
+        self._later = []
+        self._history.truncate()
+      self._history.write(line)
+      self._history.flush()
+
+  def end_step(self, step: int, state, step_row: dict, rows: list[dict], all_rows: list[dict],
+               metric: base.Metric, children_per_hour: float | None) -> None:
+    """Saves the state after ``step``, the summary, TensorBoard points, then the step's line."""
+    t0 = time.time()
+    with _io("write", self._history.name):
+      os.fsync(self._history.fileno())
+    try:
+      with _quiet_orbax_errors():
+        self._manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(
+            jax.tree.map(np.asarray, state))))
+    except Exception as e:  # pylint: disable=broad-except  (orbax wraps OSError in its own types)
+      raise WorkdirError(f"cannot save the checkpoint of step {step} in "
+                         f"{self._manager.directory}: {_cause(e)}; free some space or fix the "
+                         "directory, then rerun the same command to resume") from None
+    best = self.write_summary(all_rows, step + 1)
+    if self._writer is not None:  # before the steps.jsonl line, which marks the step done
+      with _io("write TensorBoard events in", self.path):
+        self._writer.write_step(step, summaries.step_scalars(
+            step_row, rows, best["reward"] if best else None, children_per_hour, metric))
+    save_seconds = time.time() - t0
+    step_row = {**step_row, "save_seconds": round(save_seconds, 4),
+                "seconds": round(step_row["seconds"] + save_seconds, 4)}
+    with _io("write", self._steps.name):
+      self._steps.write(json.dumps(step_row) + "\n")
+      self._steps.flush()
+
+  def finish(self, rows: list[dict], steps: int) -> None:
+    """The search ran to its end: rows of steps past it go, and the summary is final."""
+    if self._later:
+      with _io("write", self._history.name):
+        self._history.truncate()
+      self._later = []
+    self.write_summary(rows, steps)
+
+  def write_summary(self, rows: list[dict], steps: int) -> dict | None:
+    best = analysis.best_row(rows)
+    _write_atomic(self._file("summary.json"), json.dumps(
+        {"best": best, "num_evaluated": len(rows), "controller_steps": steps,
+         "search_space": self._space_json, "metric": self.record.get("metric.name")}, indent=1))
+    return best
+
+  def close(self) -> None:
+    for f in (self._history, self._steps, self._writer):
+      if f is not None:
+        with contextlib.suppress(OSError):
+          f.close()
+    if self._manager is not None:
+      self._manager.close()
+    if self._lock is not None:
+      self._lock.close()  # releases the flock
+    self._lock = self._manager = self._history = self._steps = self._writer = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+class NoWorkdir(Workdir):
+  """The workdir of a process other than 0: it writes nothing (process 0 sends it the start)."""
+
+  def check(self) -> None:
+    pass
+
+  def open(self) -> None:
+    pass
+
+  def restore(self, state):
+    return 0, state, []
+
+  def write_row(self, row: dict) -> None:
+    pass
+
+  def end_step(self, *args, **kwargs) -> None:
+    pass
+
+  def finish(self, rows, steps) -> None:
+    pass
+
+  def write_summary(self, rows, steps):
+    return analysis.best_row(rows)
+
+
+def _cause(e: BaseException) -> str:
+  """The operating system's words in an orbax/tensorstore error, e.g. "File too large"."""
+  text = str(e)
+  m = re.search(r"([^:]+) \[os_error_code='?(\d+)'?\]", text)
+  if m:
+    return f"{m.group(1).strip()} (errno {m.group(2)})"
+  lines = text.strip().splitlines()
+  return lines[-1][:300] if lines else type(e).__name__
+
+
+class _DropOrbaxErrors(logging_std.Filter):
+  def filter(self, record) -> bool:
+    return not (record.levelno >= logging_std.ERROR and "/orbax/" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_orbax_errors():
+  """Orbax logs a failed save from its threads, with tracebacks, before raising it to us: the
+  caller reports it as one line instead."""
+  f, logger = _DropOrbaxErrors(), logging_std.getLogger("absl")
+  logger.addFilter(f)
+  try:
+    yield
+  finally:
+    logger.removeFilter(f)
+
+
+def _line(row: dict) -> bytes:
+  return (json.dumps(row) + "\n").encode()
+
+
+def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[dict],
+             m: int):
+  """The newest checkpoint that restores, whose step is logged in steps.jsonl and whose steps
+  have all their rows in the history: ``(step, state)``.
+
+  A checkpoint that raises on restore (corrupt, truncated or missing files) is moved to
+  ``workdir/checkpoints_unreadable/`` with a warning, and the next older one is tried; one whose
+  step has no line in steps.jsonl (killed between the save and that line) is deleted and redone.
+  With none left the controller starts from scratch. Either way the caller reuses the history rows
+  of the steps after the restored one, so no child is trained again. A history that lacks rows of
+  the restored steps (deleted or cut by hand) is refused before anything is changed.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  done = max((s for s in steps if logged is None or s - 1 in logged), default=0)
+  have = {(r["step"], r["index"]) for r in rows}
+  missing = [(s, k) for s in range(done) for k in range(m) if (s, k) not in have]
+  if missing:
+    raise WorkdirError(
+        f"{os.path.join(workdir, 'history.jsonl')} lacks {len(missing)} rows of the controller "
+        f"steps that the checkpoint of step {done} says are done (the first: step "
+        f"{missing[0][0]}, child {missing[0][1]}); the file was deleted or cut: restore it or "
+        "use a new --workdir (nothing was changed)")
+  dropped = []
+  for step in steps:
+    path = os.path.join(os.fspath(manager.directory), str(step))
+    if logged is not None and step - 1 not in logged:
+      logging.warning("checkpoint of controller step %d is newer than steps.jsonl (killed right "
+                      "after saving it?); deleting it and redoing that step from the history",
+                      step)
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(jax.tree.map(np.asarray, state))))
+      except Exception as e:  # pylint: disable=broad-except
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        aside = os.path.join(workdir, "checkpoints_unreadable", str(step))
+        logging.warning("checkpoint of controller step %d is unreadable (%s); moved to %s, trying "
+                        "the one before", step, error, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(path, aside)
+      else:
+        if dropped:
+          logging.warning("restored the checkpoint of controller step %d instead of step %d; "
+                          "steps from %d on reuse their rows in history.jsonl", step, dropped[0],
+                          step)
+          manager.reload()
+        logging.info("resumed from checkpoint at controller step %d", step)
+        return step, jax.tree.map(jax.numpy.asarray, restored.state)
+    dropped.append(step)
+  if dropped:
+    logging.warning("no usable checkpoint (of controller steps %s); the controller starts from "
+                    "scratch at step 0 and reuses the history rows", sorted(dropped))
+    manager.reload()
+  return 0, state
+
+
+def open_workdir(path: str, record: dict[str, Any], search_cfg, primary: bool,
+                 space: base.SearchSpace) -> Workdir:
+  """The workdir of this process: :class:`Workdir` on process 0, :class:`NoWorkdir` elsewhere."""
+  cls = Workdir if primary else NoWorkdir
+  return cls(path, record, space_json=base.to_json(space) if dataclasses.is_dataclass(space)
+             else {}, keep_checkpoints=search_cfg.keep_checkpoints,
+             tensorboard=search_cfg.tensorboard)
+
+

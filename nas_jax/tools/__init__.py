@@ -1,0 +1,1 @@
+"""Reading a search: history analysis, reports and plots, TensorBoard scalars."""

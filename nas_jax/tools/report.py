@@ -1,0 +1,467 @@
+"""The markdown report of a search's workdir (``experiments/report.py`` is the CLI).
+
+:func:`write_report` writes ``report.md``: the config, ``analysis.summarize`` of each history, the
+curves of :mod:`nas_jax.tools.plots`, the best architecture with the space's own diagram
+(``space.diagram(space.from_json(row["arch"]))``) and the top architectures.
+
+The report never guesses what a run was: :func:`run_space` reads it from ``config.json``.
+``search_space.module`` and ``search_space.class`` name the space's class, the other
+``search_space.*`` fields build it, ``metric.name`` and ``metric.higher_is_better`` name the
+children's score in the history rows. Workdirs written before those keys existed go through
+:func:`_legacy_keys`, the one place that knows the built-in spaces' names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+from typing import Any, NamedTuple, Sequence
+
+from matplotlib.figure import Figure
+
+from nas_jax.spaces import base
+from nas_jax.tools import analysis
+from nas_jax.tools import plots
+
+REPORT_FILES = ("report.md", "rewards.png", "topk.png", "best.png")
+"""Every file :func:`write_report` may write (nothing else in the output folder is touched):
+``topk.png`` only with a second run, ``best.png`` only for a space with a diagram."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a workdir
+
+
+def load_run(workdir: str) -> dict[str, Any]:
+  """``{"workdir", "rows", "steps", "config"}`` of a search workdir.
+
+  ``rows`` are the history rows (``history.jsonl``, required), ``steps`` the controller steps
+  (``steps.jsonl``; None if the file is absent: runs of older versions lack it), ``config`` the
+  flat config (``config.json``; ``{}`` if absent).
+
+  Raises:
+    FileNotFoundError: ``workdir`` or its ``history.jsonl`` does not exist.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"{workdir} is not a directory")
+  rows = analysis.load_history(workdir)
+  steps_path = os.path.join(workdir, "steps.jsonl")
+  steps = analysis.read_history(steps_path) if os.path.exists(steps_path) else None
+  config = {}
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      config = json.load(f)
+  return {"workdir": workdir, "rows": rows, "steps": steps, "config": config}
+
+
+class RunSpace(NamedTuple):
+  """What a workdir's ``config.json`` says was searched and how its children were scored.
+
+  Attributes:
+    space: the search space, rebuilt; None if it could not be (``why`` says why).
+    module: ``search_space.module``, the module of the space's class (None: not recorded).
+    class_name: ``search_space.class``.
+    metric: ``metric.name`` and ``metric.higher_is_better``, the children's score in the history
+      rows (e.g. ``base.ACCURACY``); None: not recorded (children rank by reward).
+    why: why ``space`` is None ("" when it is not).
+  """
+  space: base.SearchSpace | None
+  module: str | None
+  class_name: str | None
+  metric: base.Metric | None
+  why: str
+
+
+_BUILT_IN = {  # search_space.name -> (module, class, metric)
+    "cnn": ("nas_jax.spaces.cnn", "CNNSpace", base.ACCURACY),
+    "rnn_cell": ("nas_jax.spaces.rnn_cell", "RNNCellSpace", base.PERPLEXITY),
+}
+
+
+def _legacy_keys(config: dict) -> dict:
+  """The keys a ``config.json`` written before ``search_space.module`` and ``metric.name`` existed
+  lacks, from its ``search_space.name`` "cnn" or "rnn_cell" (the built-in spaces and their
+  metrics); ``{}`` for a newer config, another name, or a recorded ``search_space.class`` that is
+  not the named space's (a user's space searched under a built-in config)."""
+  if "search_space.module" in config or "metric.name" in config:
+    return {}
+  known = _BUILT_IN.get(config.get("search_space.name"))
+  if known is None or config.get("search_space.class", known[1]) != known[1]:
+    return {}
+  module, class_name, metric = known
+  return {"search_space.module": module, "search_space.class": class_name,
+          "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better}
+
+
+def _tuples(v):
+  """JSON lists -> tuples (nested too), as the space's frozen dataclass fields are."""
+  return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _build_space(config: dict) -> tuple[base.SearchSpace | None, str]:
+  """The space of ``config`` (class by module and name, fields from ``search_space.*``) and "",
+  or None and why not."""
+  module, class_name = config.get("search_space.module"), config.get("search_space.class")
+  if not module or not class_name:
+    missing = " and ".join(k for k, v in (("search_space.module", module),
+                                         ("search_space.class", class_name)) if not v)
+    return None, (f"config.json records no {missing} (a workdir of an older version), and its "
+                  f"search_space.name {config.get('search_space.name')!r} is not a built-in space "
+                  "searched with its own class")
+  try:
+    cls = getattr(importlib.import_module(module), class_name)
+  except Exception as e:  # pylint: disable=broad-except  # a user's module may fail any way
+    return None, f"cannot import {module}.{class_name} ({type(e).__name__}: {e})"
+  if not (isinstance(cls, type) and issubclass(cls, base.SearchSpace)):
+    return None, f"{module}.{class_name} is not a nas_jax.spaces.base.SearchSpace"
+  names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+  fields = {k.split(".", 1)[1]: _tuples(v) for k, v in config.items()
+            if k.startswith("search_space.")}
+  fields = {k: v for k, v in fields.items() if k in names or k not in ("name", "class", "module")}
+  try:
+    return cls(**fields), ""
+  except (TypeError, ValueError) as e:
+    return None, f"cannot build {class_name} from config.json's search_space fields ({e})"
+
+
+def run_space(config: dict) -> RunSpace:
+  """The space and metric a workdir's flat ``config.json`` records (see :class:`RunSpace`).
+
+  Reads ``search_space.module``, ``search_space.class`` (the class is imported by these names),
+  the other ``search_space.*`` keys (the class's fields; JSON lists become tuples; ``name``,
+  ``class`` and ``module`` are skipped unless they are fields), ``metric.name`` and
+  ``metric.higher_is_better`` (both, or no metric). A config without the module and metric keys
+  (an older version's) gets them from :func:`_legacy_keys`.
+  """
+  config = {**config, **_legacy_keys(config)}
+  space, why = _build_space(config)
+  name, higher = config.get("metric.name"), config.get("metric.higher_is_better")
+  metric = base.Metric(name, bool(higher)) if name and higher is not None else None
+  return RunSpace(space, config.get("search_space.module"), config.get("search_space.class"),
+                  metric, why)
+
+
+def metric_value(row: dict, metric: base.Metric | None) -> float | None:
+  """The value of ``metric`` in a history row (a key of the row or of its ``metrics`` dict); None
+  if the row has none or it is not a finite number."""
+  if metric is None:
+    return None
+  v = row.get(metric.name)
+  if v is None and isinstance(row.get("metrics"), dict):
+    v = row["metrics"].get(metric.name)
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    return None
+  return float(v)
+
+
+def _metric_label(metric: base.Metric) -> str:
+  return metric.name.replace("_", " ")
+
+
+def top_architectures(rows: Sequence[dict], n: int = 10,
+                      metric: base.Metric | None = None) -> list[dict]:
+  """The ``n`` best rows among children that did not fail.
+
+  Args:
+    rows: history rows.
+    n: how many.
+    metric: rank by this score (:func:`metric_value`; e.g. ``run_space(config).metric``), best
+      first; rows without it come after the others; ties and the rows without it go by reward.
+      None: by reward alone.
+  """
+  ok = [r for r in rows if not r.get("failed")]
+  if metric is None:
+    return sorted(ok, key=lambda r: -float(r.get("reward", 0.0)))[:n]
+  sign = -1.0 if metric.higher_is_better else 1.0
+
+  def key(r):
+    v = metric_value(r, metric)
+    return (v is None, 0.0 if v is None else sign * v, -float(r.get("reward", 0.0)))
+
+  return sorted(ok, key=key)[:n]
+
+
+# ----------------------------------------------------------------------------------------------
+# The best architecture's diagram
+
+
+def _title_of(row_or_arch, metric: base.Metric | None) -> str:
+  if not (isinstance(row_or_arch, dict) and "arch" in row_or_arch):
+    return "architecture"
+  r = row_or_arch
+  parts = []
+  if "step" in r and "index" in r:
+    parts.append(f"step {r['step']} child {r['index']}")
+  if r.get("reward") is not None:
+    parts.append(f"reward {r['reward']:.4f}")
+  v = metric_value(r, metric)
+  if v is not None:
+    parts.append(f"{_metric_label(metric)} {v:.4g}")
+  if r.get("param_count") is not None:
+    parts.append(f"{r['param_count']:,} params")
+  if r.get("failed"):
+    parts.append("FAILED")
+  return ", ".join(parts)
+
+
+def draw_architecture(space: base.SearchSpace, row_or_arch, path: str | None = None, *,
+                      title: str | None = None, metric: base.Metric | None = None) -> Figure:
+  """The space's diagram of one architecture (``space.diagram``).
+
+  Args:
+    space: the search space (e.g. ``run_space(run["config"]).space``).
+    row_or_arch: a history row, its ``arch`` (the JSON form; read by ``space.from_json``), or an
+      architecture of the space.
+    path: if given, the figure is saved there (PNG).
+    title: default: the row's step, reward, ``metric`` and parameter count.
+    metric: the children's score to put in the default title (e.g. ``base.ACCURACY``).
+
+  Raises:
+    ValueError: the space has no diagram (or no ``from_json`` to read a row with), or the
+      architecture is not of that space.
+  """
+  if title is None:
+    title = _title_of(row_or_arch, metric)
+  arch = row_or_arch
+  if isinstance(arch, dict) and "arch" in arch:
+    arch = arch["arch"]
+  if isinstance(arch, (dict, list)):
+    try:
+      arch = space.from_json(arch)
+    except NotImplementedError:
+      raise ValueError(f"no diagram: {type(space).__name__} has no from_json to read the "
+                       "architecture with") from None
+  fig = space.diagram(arch, title)
+  if fig is None:
+    raise ValueError(f"no diagram: {type(space).__name__}.diagram draws none")
+  if path:
+    fig.savefig(path, dpi=plots.DPI)
+  return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return "–"
+  if isinstance(v, bool):
+    return str(v)
+  if isinstance(v, float):
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+  if isinstance(v, int):
+    return f"{v:,}"
+  return str(v)
+
+
+def _md_escape(text: str) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _labels(runs: list[dict]) -> list[str]:
+  """The searcher names (``search.searcher``), made unique with the workdir's name if needed."""
+  names = [r["config"].get("search.searcher") or os.path.basename(os.path.normpath(r["workdir"]))
+           for r in runs]
+  if len(set(names)) < len(names):
+    names = [f"{n} ({os.path.basename(os.path.normpath(r['workdir']))})"
+             for n, r in zip(names, runs)]
+  return names
+
+
+def _steps_done(run: dict) -> str:
+  rows, cfg = run["rows"], run["config"]
+  counts: dict[int, int] = {}
+  for r in rows:
+    counts[r["step"]] = counts.get(r["step"], 0) + 1
+  m = cfg.get("search.children_per_step")
+  total = cfg.get("search.num_steps")
+  full = sum(1 for c in counts.values() if m is None or c >= m)
+  text = f"{full}" + (f" of {total}" if total is not None else "")
+  partial = [s for s, c in counts.items() if m is not None and c < m]
+  if partial:
+    text += f" (+ step {max(partial)} cut short: {counts[max(partial)]} of {m} children)"
+  return text
+
+
+def _space_text(run: dict, rs: RunSpace) -> str:
+  """The space's name and class, and the range of the rows' ``num_layers``."""
+  name = run["config"].get("search_space.name") or rs.class_name or "?"
+  parts = [rs.class_name] if rs.class_name and rs.class_name != name else []
+  layers = sorted({r["num_layers"] for r in run["rows"] if r.get("num_layers") is not None})
+  if layers:
+    parts.append("num_layers " + (f"{layers[0]}–{layers[-1]}" if len(layers) > 1
+                                  else f"{layers[0]}"))
+  return name + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _metric_text(rs: RunSpace) -> str:
+  if rs.metric is None:
+    return "– (not recorded: children rank by reward)"
+  return f"{rs.metric.name} ({'higher' if rs.metric.higher_is_better else 'lower'} is better)"
+
+
+def _config_rows(runs: list[dict], spaces: list[RunSpace]) -> list[tuple[str, list[str]]]:
+  def epochs(run):  # every config section's epochs: which one trained the children is not recorded
+    found = [f"{k.rsplit('.', 1)[0]}: {v}" for k, v in sorted(run["config"].items())
+             if k.endswith(".epochs")]
+    return ", ".join(found) or None
+
+  fields = [
+      ("workdir", lambda r, s: f"`{r['workdir']}`"),
+      ("searcher", lambda r, s: r["config"].get("search.searcher")),
+      ("search space", _space_text),
+      ("child metric", lambda r, s: _metric_text(s)),
+      ("data", lambda r, s: r["config"].get("data.name")),
+      ("epochs (config)", lambda r, s: epochs(r)),
+      ("children per step", lambda r, s: r["config"].get("search.children_per_step")),
+      ("controller steps", lambda r, s: _steps_done(r)),
+      ("architectures evaluated", lambda r, s: len(r["rows"])),
+      ("seed", lambda r, s: r["config"].get("seed")),
+  ]
+  return [(name, [_fmt(fn(r, s)) for r, s in zip(runs, spaces)]) for name, fn in fields]
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _comparison_notes(runs: list[dict], spaces: list[RunSpace]) -> list[str]:
+  """What differs between two runs besides the searcher."""
+  (a, b), (sa, sb) = runs, spaces
+  notes = []
+  kind = lambda run, s: (run["config"].get("search_space.name"), s.module, s.class_name)
+  if kind(a, sa) != kind(b, sb):
+    notes.append(f"the two runs searched different spaces ({_space_text(a, sa)}, "
+                 f"{_space_text(b, sb)})")
+  if len(a["rows"]) != len(b["rows"]):
+    notes.append(f"the budgets differ ({len(a['rows'])} vs {len(b['rows'])} architectures)")
+  # keys in one config only come from another version of the code: not a difference
+  diff = sorted(k for k in set(a["config"]) & set(b["config"])
+                if a["config"][k] != b["config"][k] and k != "search.searcher"
+                and not k.endswith(("num_devices", "gather_timeout_s", "data_dir", "verbose",
+                                    "keep_checkpoints")))
+  if diff:
+    notes.append("their configs also differ in " + ", ".join(f"`{k}`" for k in diff[:8])
+                 + (", ..." if len(diff) > 8 else ""))
+  return notes
+
+
+def write_report(workdir: str, random_workdir: str | None = None,
+                 out_dir: str | None = None) -> str:
+  """Writes ``report.md`` and its PNGs (``REPORT_FILES``) into ``out_dir`` (default ``workdir``).
+
+  The space and the children's metric come from each workdir's ``config.json``
+  (:func:`run_space`); children are ranked by that metric, and the best one is drawn by the
+  space's ``diagram`` (a space without one is reported without a diagram).
+
+  Args:
+    workdir: a search workdir (``history.jsonl``; ``steps.jsonl`` and ``config.json`` optional).
+    random_workdir: optionally a second search (e.g. random search at the same budget): a second
+      column in the summary and ``topk.png``.
+    out_dir: where the files go (created if needed); only the report's own files are written.
+
+  Returns:
+    The path of ``report.md``.
+
+  Raises:
+    FileNotFoundError: a workdir or its ``history.jsonl`` is missing.
+    ValueError: a history has no rows.
+  """
+  runs = [load_run(workdir)]
+  if random_workdir:
+    runs.append(load_run(random_workdir))
+  for r in runs:
+    if not r["rows"]:
+      raise ValueError(f"{os.path.join(r['workdir'], 'history.jsonl')} has no rows")
+  out_dir = out_dir or workdir
+  os.makedirs(out_dir, exist_ok=True)
+  spaces = [run_space(r["config"]) for r in runs]
+  main, rs = runs[0], spaces[0]
+  labels = _labels(runs)
+  rows = main["rows"]
+
+  md = [f"# Architecture search report: `{os.path.basename(os.path.normpath(workdir))}`", ""]
+  md += ["## Configuration", ""]
+  md.append(_md_table([""] + labels, [[k] + v for k, v in _config_rows(runs, spaces)]))
+  notes = _comparison_notes(runs, spaces) if len(runs) == 2 else []
+  if notes:
+    md += ["", "Note: " + "; ".join(notes) + "."]
+
+  md += ["", "## Summary", "", "`nas_jax.tools.analysis.summarize` of each history:", ""]
+  sums = [analysis.summarize(r["rows"], **({"metric": s.metric} if s.metric else {}))
+          for r, s in zip(runs, spaces)]
+  keys = [k for k in sums[0] if k != "best_description"]
+  keys += [k for s in sums[1:] for k in s if k not in keys and k != "best_description"]
+  md.append(_md_table(["metric"] + labels, [[k] + [_fmt(s.get(k)) for s in sums] for k in keys]))
+
+  fig = plots.plot_rewards(rows, main["steps"], title=f"Reward of each architecture ({labels[0]})")
+  fig.savefig(os.path.join(out_dir, "rewards.png"), dpi=plots.DPI)
+  md += ["", "## Rewards", "",
+         "Each point is one child network in evaluation order"
+         + (" (red crosses: failed children, reward 0)" if any(r.get("failed") for r in rows)
+            else "")
+         + "; the black line is a moving average"
+         + ("; the orange line is the baseline the controller subtracted from the rewards of each "
+            "step (plotted at the step's last child)"
+            if main["steps"] and any(s.get("baseline") is not None for s in main["steps"])
+            else "")
+         + ".", "", "![rewards](rewards.png)"]
+
+  if len(runs) > 1:
+    plots.plot_topk({l: r["rows"] for l, r in zip(labels, runs)},
+                    path=os.path.join(out_dir, "topk.png"),
+                    title="Top-k mean reward among the first n architectures")
+    md += ["", "## Top-k rewards vs architectures evaluated", "",
+           f"For k = 1, 5, 15: the mean of the k best rewards among the first n architectures "
+           f"(as Fig. 6 of Zoph & Le, 2017); {plots.style_legend(labels)}. The lower "
+           f"panel is the difference {labels[0]} − {labels[1]}.", "", "![top-k](topk.png)"]
+
+  top = top_architectures(rows, 10, rs.metric)
+  label = _metric_label(rs.metric) if rs.metric else None
+  md += ["", "## Best architecture", ""]
+  if not top:
+    md.append("Every child failed: there is no best architecture.")
+  else:
+    best = top[0]
+    score = metric_value(best, rs.metric)
+    md += [f"The child with the best {label or 'reward'}: step {best['step']}, "
+           f"child {best['index']}: reward {best['reward']:.4f}"
+           + (f", {label} {_fmt(score)}" if score is not None else "")
+           + f", {best.get('param_count', 0):,} parameters.", "",
+           f"`{best.get('description', '')}`", ""]
+    why = rs.why
+    if rs.space is not None:
+      try:
+        draw_architecture(rs.space, best, os.path.join(out_dir, "best.png"), metric=rs.metric)
+        md.append("![best architecture](best.png)")
+      except ValueError as e:  # no diagram, or a row the space cannot read
+        why = str(e).removeprefix("no diagram: ")
+    if why:  # e.g. a custom space: its description above is all there is
+      md.append(f"(No diagram: {why}.)")
+
+  md += ["", f"## Top {len(top)} architectures", ""]
+  if rs.metric:
+    md.append(f"Ranked by {_metric_text(rs)}: `metric` in config.json.")
+  else:
+    md.append("Ranked by reward (config.json records no metric).")
+  md.append("")
+  table = []
+  for i, r in enumerate(top):
+    table.append([str(i + 1), f"{r['step']}.{r['index']}", _fmt(float(r["reward"]))]
+                 + ([_fmt(metric_value(r, rs.metric))] if label else [])
+                 + [_fmt(r.get("param_count")), f"`{r.get('description', '')}`"])
+  md.append(_md_table(["#", "step.child", "reward"] + ([label] if label else [])
+                      + ["params", "description"], table))
+  md.append("")
+
+  path = os.path.join(out_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(md))
+  return path

@@ -1,0 +1,1 @@
+"""Training children: the shared training loop, executors, language models, data."""

@@ -1,0 +1,327 @@
+"""The child training loop: what every child trainer returns, and the pieces of training they share.
+
+A child's evaluation ends in a :class:`ChildResult`: its reward and a ``metrics`` dict written into
+its history row as it is (``val_accuracy`` and ``val_accuracies`` for image classifiers,
+``val_ppl`` and ``train_ppl`` for language models; which one ranks children is the evaluator's
+``metric``).
+
+Two loops train every child, each a Python loop over jitted steps, with an optional leading
+*children* axis (m children vmapped in one program, optionally split over devices):
+
+* image classifiers (:func:`classifier_programs`, :func:`fit_classifiers`): any model given as
+  ``(init, apply)``, trained with the paper's SGD (:func:`make_optimizer`, Section 4.1); the exact
+  children of ``child.py`` (one architecture per program) and the masked children of
+  ``masked_children.py`` (m architectures as arrays);
+* language models (:func:`lm_epoch`, :func:`lm_nll`): truncated BPTT over the given step
+  functions (``lm.make_train_step``: its update is inside the step), for ``lm.train`` and the
+  m cells of ``cell_children.py``.
+
+Conv training stays a Python loop: on CPU a conv step inside ``lax.scan`` runs 13-15x slower
+(measured on the project's 2-core machines). A child whose loss becomes NaN/inf fails with the one
+error of :func:`diverged`; the children beside it keep training.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nas_jax.training import data as data_lib, ptb
+
+if TYPE_CHECKING:
+  from nas_jax.training.child import TrainConfig
+
+
+class ChildResult(NamedTuple):
+  reward: float
+  metrics: dict          # JSON values, copied into the history row (e.g. val_accuracy)
+  param_count: int
+  failed: bool
+  error: str
+  seconds: float
+
+
+def failed_result(e: BaseException, metrics: dict | None = None, param_count: int = 0,
+                  seconds: float = 0.0) -> ChildResult:
+  """A failed child (reward 0) whose error text is ``e``'s, with its traceback's last frames."""
+  error = f"{type(e).__name__}: {e}"
+  if not isinstance(e, FloatingPointError) and e.__traceback__ is not None:
+    error += "\n" + "".join(traceback.format_exception(e, limit=-3))
+  return ChildResult(0.0, dict(metrics or {}), param_count, True, error, seconds)
+
+
+def diverged(loss, epoch: int, what: str = "training loss") -> list[FloatingPointError | None]:
+  """Per child of ``loss`` (a scalar, or shape (m,)): the error of a non-finite loss, else None."""
+  return [None if np.isfinite(v) else
+          FloatingPointError(f"{what} became {float(v)} in epoch {epoch}")
+          for v in np.atleast_1d(np.asarray(loss))]
+
+
+def check_finite(loss, epoch: int, what: str = "training loss") -> None:
+  """Raises :func:`diverged`'s FloatingPointError if the scalar ``loss`` is not finite."""
+  error, = diverged(loss, epoch, what)
+  if error is not None:
+    raise error
+
+
+def reward_from_accuracies(val_accuracies, cfg: TrainConfig) -> tuple[float, float]:
+  """(reward, accuracy) with accuracy = max of the last k epochs and reward = accuracy ** power.
+
+  The paper's reward (Section 4.1): the maximum validation accuracy of the last 5 epochs, cubed.
+  """
+  acc = float(max(val_accuracies[-cfg.reward_last_epochs:]))
+  return acc ** cfg.reward_power, acc
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum and weight decay: the paper's child optimiser (Section 4.1)."""
+  return optax.chain(
+      optax.add_decayed_weights(cfg.weight_decay),
+      optax.sgd(cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov))
+
+
+def children_mesh(devices: Sequence) -> jax.sharding.Mesh:
+  """A 1-D mesh over ``devices`` whose axis ("children") the children of a step are split on."""
+  return jax.sharding.Mesh(np.asarray(devices), ("children",))
+
+
+def children_map(fn: Callable, in_axes: tuple, devices: Sequence = ()) -> Callable:
+  """``jax.vmap(fn, in_axes)``; with several ``devices`` the children axis is split over them.
+
+  Each device runs the vmapped ``fn`` on its m / len(devices) children (``shard_map``, no
+  communication: children share nothing but the replicated arguments, those of axis None); m
+  must be a multiple of ``len(devices)``. Every output has the children axis.
+  """
+  mapped = jax.vmap(fn, in_axes=in_axes)
+  if len(devices) <= 1:
+    return mapped
+  c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
+  return jax.shard_map(mapped, mesh=children_mesh(devices), out_specs=c, check_vma=False,
+                       in_specs=tuple(r if a is None else c for a in in_axes))
+
+
+class Programs(NamedTuple):
+  """Jitted programs of a classifier (with children: leading axis m on every per-child argument)."""
+  init: Any         # (key, init_input) -> params, batch_stats, opt_state
+  train_step: Any   # (params, batch_stats, opt_state, arch, images, labels, idx_B, key, step)
+                    #   -> params, batch_stats, opt_state, loss
+  eval_step: Any    # (params, batch_stats, arch, images, labels, idx_B, valid_B) -> correct
+
+
+def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augment: bool, *,
+                        children: bool = False, devices: Sequence = ()) -> Programs:
+  """Jitted init / train step / eval step of an image classifier given as pure functions.
+
+  Args:
+    init: ``(key, init_input) -> (params, batch_stats)``.
+    apply: ``(params, batch_stats, arch, x_BxHxWxC, train) -> (logits_BxK, batch_stats)``, the
+      batch statistics updated when ``train``; ``arch`` is the child's architecture as arrays
+      (None for a model built for one architecture).
+    cfg: training hyperparameters (optimiser, ``fast_compile``).
+    augment: apply ``data.augment_batch`` to every training batch.
+    children: vmap every program over a leading children axis (``init_input``, ``arch``, keys,
+      batch indices and the state have it; the images, labels and step do not).
+    devices: with ``children``, split the children axis over these devices (:func:`children_map`).
+
+  Returns:
+    :class:`Programs`. A step computes the softmax cross-entropy of one batch of
+    ``images[idx_B]`` and one update of :func:`make_optimizer`; the train step donates its state.
+  """
+  tx = make_optimizer(cfg)
+
+  def init_state(key, init_input):
+    params, batch_stats = init(key, init_input)
+    return params, batch_stats, tx.init(params)
+
+  def train_step(params, batch_stats, opt_state, arch, images, labels, idx_B, key, step):
+    x, y = images[idx_B], labels[idx_B]
+    if augment:
+      x = data_lib.augment_batch(jax.random.fold_in(key, step), x)
+
+    def loss_fn(p):
+      logits, new_stats = apply(p, batch_stats, arch, x, True)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_stats
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  def eval_step(params, batch_stats, arch, images, labels, idx_B, valid_B):
+    logits, _ = apply(params, batch_stats, arch, images[idx_B], False)
+    return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B)
+
+  if children:
+    init_state = children_map(init_state, (0, 0), devices)
+    train_step = children_map(train_step, (0, 0, 0, 0, None, None, 0, 0, None), devices)
+    eval_step = children_map(eval_step, (0, 0, 0, None, None, None, None), devices)
+  opts = {"xla_backend_optimization_level": 0} if cfg.fast_compile else None
+  return Programs(jax.jit(init_state, compiler_options=opts),
+                  jax.jit(train_step, donate_argnums=(0, 1, 2), compiler_options=opts),
+                  jax.jit(eval_step, compiler_options=opts))
+
+
+def accuracy(progs: Programs, params, batch_stats, arch, images, labels,
+             batch_size: int) -> np.ndarray:
+  """Fraction of ``images`` classified right (per child with a children axis), in batches."""
+  n = images.shape[0]
+  bs = min(batch_size, n)
+  correct = 0
+  for start in range(0, n, bs):
+    idx = np.arange(start, start + bs)
+    correct = correct + progs.eval_step(params, batch_stats, arch, images, labels,
+                                        np.minimum(idx, n - 1), idx < n)
+  return np.asarray(correct) / n
+
+
+class Fit(NamedTuple):
+  val_accuracies: list   # per child: the validation accuracy of each epoch it finished
+  errors: list           # per child: the exception that ended its training, or None
+  param_count: int       # parameters of one child's network as trained
+
+
+def fit_classifiers(programs: Callable[[], Programs], dataset: data_lib.Dataset, cfg: TrainConfig,
+                    keys: Sequence[jax.Array], *, arch=None, init_input=None,
+                    children: bool = False, num_children: int | None = None,
+                    log_fn: Callable[[str], None] | None = None) -> Fit:
+  """Trains classifiers for ``cfg.epochs`` epochs and records each epoch's validation accuracy.
+
+  Per child (paper, Section 4.1): ``cfg.epochs`` epochs over a random permutation of the training
+  set drawn from the child's key, minibatches of ``cfg.batch_size`` (the last partial one
+  dropped), then the accuracy on the validation set. A child whose last loss of an epoch is not
+  finite stops with :func:`diverged`'s error while the others go on; an exception (in compiling,
+  say) stops every child.
+
+  Args:
+    programs: returns the :class:`Programs` (called inside the error handling: a model that
+      cannot be compiled fails its children).
+    dataset: train/validation arrays (see ``nas_jax.training.data``).
+    cfg: training hyperparameters.
+    keys: one PRNG key per child (one without ``children``); the same key gives the same child.
+    arch: the programs' ``arch`` argument (children: stacked on the children axis).
+    init_input: the init program's second argument (default: one training image).
+    children: the programs have a children axis (``classifier_programs(children=True)``).
+    num_children: children whose results count (default: all); the others pad the children axis
+      to a multiple of the devices and are ignored.
+    log_fn: optional callable(str) for per-epoch progress.
+
+  Returns:
+    A :class:`Fit` of the first ``num_children`` children.
+  """
+  m = len(keys) if num_children is None else num_children
+  val_accs: list[list[float]] = [[] for _ in range(m)]
+  errors: list = [None] * m
+  param_count = 0
+  try:
+    progs = programs()
+    splits = [jax.random.split(key, 3) for key in keys]
+    if children:
+      init_keys, data_keys, aug_keys = (jnp.stack(k) for k in zip(*splits))
+    else:
+      (init_keys, data_key, aug_keys), = splits
+      data_keys = [data_key]
+    train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
+    val_x, val_y = jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels)
+    params, batch_stats, opt_state = progs.init(
+        init_keys, train_x[:1] if init_input is None else init_input)
+    param_count = int(sum(p.size for p in jax.tree.leaves(params))) // len(keys)
+    n = train_x.shape[0]
+    bs = min(cfg.batch_size, n)
+    rngs = [np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel().tolist())
+            for k in data_keys]
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+      perms = [rng.permutation(n) for rng in rngs]
+      for b in range(n // bs):
+        idx = [perm[b * bs:(b + 1) * bs] for perm in perms]
+        params, batch_stats, opt_state, loss = progs.train_step(
+            params, batch_stats, opt_state, arch, train_x, train_y,
+            np.stack(idx) if children else idx[0], aug_keys, step)
+        step += 1
+      loss = np.atleast_1d(np.asarray(loss))
+      errors = [d if e is None else e for e, d in zip(errors, diverged(loss[:m], epoch))]
+      if all(errors):
+        break
+      accs = np.atleast_1d(accuracy(progs, params, batch_stats, arch, val_x, val_y,
+                                    cfg.eval_batch_size))
+      for k in range(m):
+        if errors[k] is None:
+          val_accs[k].append(float(accs[k]))
+      if log_fn:
+        log_fn(f"  epoch {epoch}/{cfg.epochs} loss {_rounded(loss[:m], children)} "
+               f"val_acc {_rounded(accs[:m], children)}")
+  except Exception as e:  # pylint: disable=broad-except
+    errors = [e] * m
+  return Fit(val_accs, errors, param_count)
+
+
+def _rounded(values, children: bool) -> str:
+  return str(np.round(values, 4).tolist()) if children else f"{float(values[0]):.4f}"
+
+
+def classifier_results(fit: Fit, cfg: TrainConfig, seconds: float,
+                       param_counts: Sequence[int] | None = None) -> list[ChildResult]:
+  """One :class:`ChildResult` per child of ``fit``: the paper's reward, or failed (reward 0).
+
+  ``metrics`` holds ``val_accuracy`` (the accuracy the reward is from; 0 when failed) and
+  ``val_accuracies`` (per finished epoch); ``param_counts`` replaces ``fit.param_count``.
+  """
+  results = []
+  for k, (accs, error) in enumerate(zip(fit.val_accuracies, fit.errors)):
+    count = fit.param_count if param_counts is None else param_counts[k]
+    if error is not None:
+      metrics = {"val_accuracy": 0.0, "val_accuracies": list(accs)}
+      results.append(failed_result(error, metrics, count, seconds))
+    else:
+      reward, acc = reward_from_accuracies(accs, cfg)
+      results.append(ChildResult(reward, {"val_accuracy": acc, "val_accuracies": list(accs)},
+                                 count, False, "", seconds))
+  return results
+
+
+def lm_epoch(train_step: Callable, params, ops, carry, stream_BxN: np.ndarray, cfg, lr: float,
+             drop_key: jax.Array, step: int, *, children: bool = False) -> tuple[Any, list, int]:
+  """One epoch of truncated BPTT (Zaremba et al. 2014): ``train_step`` over the stream's segments.
+
+  Args:
+    train_step: ``(params, ops, carry, inputs_BxT, targets_BxT, lr, key) -> (params, carry,
+      nll_sum)``, jitted (``lm.make_train_step``; with ``children``, vmapped over the children
+      axis of params, ops, carry and key).
+    params, ops, carry: the model's state at the start of the epoch; ``carry`` is donated.
+    stream_BxN: ``ptb.batchify``'d training ids, read in ``cfg.bptt`` windows, state carried.
+    cfg: the ``lm.LMConfig`` (``bptt``; dropout on when ``dropout`` or ``embed_dropout``).
+    lr: the epoch's learning rate.
+    drop_key: the dropout key (children: one per child); step k's key is
+      ``fold_in(drop_key, k)``.
+    step: steps taken before this epoch.
+    children: the state and keys have a children axis.
+
+  Returns:
+    (params, the NLL sum of every segment as device arrays, step after the epoch).
+  """
+  use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
+  fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if children else jax.random.fold_in
+  nlls = []
+  for x, y in ptb.segments(stream_BxN, cfg.bptt):
+    key = fold(drop_key, step) if use_dropout else None
+    params, carry, nll = train_step(params, ops, carry, x, y, lr, key)
+    nlls.append(nll)
+    step += 1
+  return params, nlls, step
+
+
+def lm_nll(eval_step: Callable, params, ops, carry, stream_BxN: np.ndarray,
+           bptt: int) -> tuple[list, int]:
+  """(NLL sum of each segment, as device arrays; number of targets) over every target of the
+  stream, state carried (``eval_step``: ``(params, ops, carry, inputs, targets) -> (carry,
+  nll_sum)``). The caller sums: on the host in float64, or on the device without waiting."""
+  nlls, count = [], 0
+  for x, y in ptb.segments(stream_BxN, bptt, keep_partial=True):  # every target counted once
+    carry, nll = eval_step(params, ops, carry, x, y)
+    nlls.append(nll)
+    count += y.size
+  return nlls, count

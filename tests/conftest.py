@@ -1,0 +1,21 @@
+"""Shared pytest set-up for nas_jax's tests.
+
+Two tiers (the ``slow`` marker is registered in setup.cfg):
+
+  python -m pytest -q tests                  # everything: CI and .ci/run
+  python -m pytest -q -m "not slow" tests    # day-to-day: no SIGKILLs of real runs, no extra
+                                             # processes, notebooks or real Penn Treebank
+
+A test is marked slow when it kills or starts processes (the command line under SIGKILL, several
+``jax.distributed`` processes, virtual-device subprocesses, notebook kernels), reads the real Penn
+Treebank, or takes more than ~20 s on a quiet 2-core CPU.
+"""
+
+import os
+import sys
+
+# toy_space and test_search's helpers are imported by other test files: keep tests/ importable
+# whatever pytest's --import-mode.
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+if _TESTS not in sys.path:
+  sys.path.insert(0, _TESTS)
