@@ -59,8 +59,13 @@ class WorkdirMismatchError(WorkdirError):
 
 
 def config_record(cfg, space: base.SearchSpace, metric: base.Metric) -> dict[str, Any]:
-  """What ``config.json`` holds: the flat config plus the space's class and the metric."""
-  record = json.loads(json.dumps(config_lib.flatten(cfg)))  # tuples -> lists, as on disk
+  """What ``config.json`` holds: the flat config (its ``search_space.*`` fields those of the space
+  searched), the space's class and module, and the metric that ranks its children."""
+  record = config_lib.flatten(cfg)
+  if dataclasses.is_dataclass(space):  # the space searched, also when passed as an object
+    record = {k: v for k, v in record.items() if not k.startswith("search_space.")}
+    record.update({f"search_space.{k}": v for k, v in base.to_json(space).items()})
+  record = json.loads(json.dumps(record))  # tuples -> lists, as on disk
   record.update({"search_space.class": type(space).__name__,
                  "search_space.module": type(space).__module__,
                  "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better})
