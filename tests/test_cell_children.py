@@ -67,7 +67,7 @@ def test_the_best_cell_of_a_search_can_be_retrained(tmp_path):
   cfg = load_config("rnn_ptb_cpu", "quick")
   search.run_search(cfg, str(tmp_path))
   rows = analysis.load_history(str(tmp_path))
-  stats = analysis.summarize(rows)
+  stats = analysis.summarize(rows, metric=analysis.load_metric(str(tmp_path)))
   ppls = sorted(r["val_ppl"] for r in rows if not r["failed"])
   assert stats["best_val_ppl"] == ppls[0]
   assert np.isclose(stats["top5_mean_val_ppl"], np.mean(ppls[:5]))

@@ -14,7 +14,8 @@ ranks children (:class:`nas_jax.spaces.base.Metric`). A space chooses its evalua
   ran on a device goes back there unless that device is busier by more than a compile, as
   measured (:func:`assign_devices`);
 * :func:`masked` (the CNN space, ``config.child.executor="vmap"``): the m children of a step
-  trained together in one program over a masked max-size network (``nas_jax.spaces.masked_cnn``),
+  trained together in one program over a masked max-size network (``nas_jax.spaces.masked_cnn``,
+  ``nas_jax.training.masked_children``),
   compiled once per depth; with several local devices the children axis is sharded over them;
 * :func:`cells` (the recurrent-cell space): all m language models of a step in one vmapped
   program (``nas_jax.training.cell_children``; ``config.lm_child.vmap=False`` trains them one
@@ -32,8 +33,8 @@ import jax
 from absl import logging
 
 from nas_jax import config as config_lib
-from nas_jax.spaces import base, masked_cnn
-from nas_jax.training import cell_children, child, trainer
+from nas_jax.spaces import base
+from nas_jax.training import cell_children, child, masked_children, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +84,14 @@ def masked(cfg) -> Evaluator:
   """The m CNN children of a step in one vmapped program over the masked max-size network."""
   train_cfg, placed = config_lib.train_config(cfg), _OnDevice()
   devices = local_devices(cfg.child.num_devices)
-  replicated = (jax.sharding.NamedSharding(masked_cnn.children_mesh(devices),
+  replicated = (jax.sharding.NamedSharding(trainer.children_mesh(devices),
                                            jax.sharding.PartitionSpec())
                 if len(devices) > 1 else devices[0])
 
   def evaluate_vmap(space, archs, dataset, keys):
     if not archs:
       return []
-    return _all_or_failed(archs, lambda: masked_cnn.evaluate_masked(
+    return _all_or_failed(archs, lambda: masked_children.evaluate_masked(
         space, archs, placed(dataset, replicated), train_cfg, keys, devices=tuple(devices),
         log_fn=_log_fn(cfg)), _NO_ACCURACY)
   return Evaluator(evaluate_vmap, base.ACCURACY)
