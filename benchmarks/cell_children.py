@@ -34,7 +34,7 @@ def main(argv):
 
   exp = common.load_experiment("rnn_ptb_cpu")
   exp.data.level = _LEVEL.value
-  cfg = config_lib.lm_child_config(exp)
+  cfg = config_lib.parse(exp).lm_child.lm
   corpus = ptb.load_ptb(exp.data.level)
   space = rnn_cell.RNNCellSpace()
   plan = space.plan()

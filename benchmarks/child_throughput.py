@@ -176,8 +176,8 @@ def main(argv):
   from nas_jax.spaces import cnn  # pylint: disable=g-import-not-at-top
 
   exp, dataset = workload(_WORKLOAD.value)
-  space = config_lib.search_space(exp)
-  cfg = config_lib.train_config(exp)
+  parsed = config_lib.parse(exp)
+  space, cfg = parsed.search_space, parsed.child.train
   m = _M.value
   if _ARCHS.value:
     with open(_ARCHS.value) as f:
@@ -278,7 +278,7 @@ def main(argv):
 
   # Controller: sample + REINFORCE update of one step of m children at the first depth.
   from nas_jax.core import reinforce  # pylint: disable=g-import-not-at-top
-  searcher = searchers.ReinforceSearcher(config_lib.reinforce_config(exp))
+  searcher = searchers.ReinforceSearcher(config_lib.parse(exp).controller)
   state = searcher.init(jax.random.key(0), space.decisions)
   plan = space.plan(depths[0])
   times = []

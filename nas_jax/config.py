@@ -2,8 +2,9 @@
 
 The experiment configs (``nas_jax/configs/``, re-exported by ``experiments/configs/`` for
 ``--config``) start from :func:`default_config` (locked, so a misspelt key fails at once) and
-change fields. :func:`validate` checks every field's type and range
-and raises :class:`ConfigError` naming the field and the fix.
+change fields. :func:`parse` checks every field's type and range once, raising
+:class:`ConfigError` naming the field and the fix, and returns the config as frozen dataclasses
+(:class:`Config`: one per section, each checking its own fields) that the library reads.
 """
 
 from __future__ import annotations
@@ -127,10 +128,155 @@ def _check_type(name: str, value, default):
                       f"({default!r})")
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for unknown keys, wrong types and out-of-range values."""
-  space = cfg.get("search_space", {}).get("name", "cnn")
-  defaults = flatten(default_config(space))
+def _check_ranges(values: dict[str, Any]) -> None:
+  """The range rules of this module's tables, for the dotted fields in ``values``."""
+  for name in (n for n in _POSITIVE_INT if n in values):
+    if values[name] < 1:
+      raise ConfigError(f"config.{name}: must be >= 1, got {values[name]}")
+  for name in (n for n in _UNIT_INTERVAL if n in values):
+    if not 0 <= values[name] < 1:
+      raise ConfigError(f"config.{name}: must be in [0, 1), got {values[name]}")
+  for name in (n for n in _NON_NEGATIVE if n in values):
+    if not (values[name] >= 0 and math.isfinite(values[name])):
+      raise ConfigError(f"config.{name}: must be >= 0, got {values[name]}")
+  for name in (n for n in _POSITIVE if n in values):
+    v = values[name]
+    if v is not None and not (v > 0 and math.isfinite(v)):
+      raise ConfigError(f"config.{name}: must be a finite number > 0, got {v}")
+  for name in (n for n in _CHOICE_LISTS if n in values):
+    v = values[name]
+    if not v:
+      raise ConfigError(f"config.{name}: empty choice list; give at least one value, "
+                        f"e.g. {flatten(default_config())[name]}")
+    if any(isinstance(x, int) and x < 1 for x in v):
+      raise ConfigError(f"config.{name}: every choice must be >= 1, got {list(v)}")
+  for name in (n for n in _ENUMS if n in values):
+    if values[name] not in _ENUMS[name]:
+      raise ConfigError(f"config.{name}: {values[name]!r} is not one of {list(_ENUMS[name])}")
+
+
+def _section(prefix: str, *objs) -> dict[str, Any]:
+  """``{"prefix.field": value}`` of the dataclasses ``objs`` (nested dataclass fields skipped)."""
+  return {f"{prefix}.{f.name}": getattr(o, f.name) for o in objs for f in dataclasses.fields(o)
+          if not dataclasses.is_dataclass(getattr(o, f.name))}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """``config.data``: which dataset, where it is, and how it is split."""
+  name: str = "cifar10"
+  data_dir: str = ""
+  num_validation: int = 0
+  max_train: int = 0
+  level: str = "word"
+
+  def __post_init__(self):
+    _check_ranges(_section("data", self))
+    if self.data_dir and not os.path.isdir(self.data_dir):
+      raise ConfigError(f"config.data.data_dir: {self.data_dir!r} is not a directory; give the "
+                        "folder that holds the data, or '' for the default")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildConfig:
+  """``config.child``: the executor, its devices, and the child-training recipe."""
+  executor: str = "exact"
+  num_devices: int = 0
+  train: child.TrainConfig = child.TrainConfig()
+
+  def __post_init__(self):
+    _check_ranges(_section("child", self, self.train))
+    if not 0 <= self.train.momentum < 1:
+      raise ConfigError(f"config.child.momentum: must be in [0, 1), got {self.train.momentum}")
+    if self.train.reward_last_epochs > self.train.epochs:
+      raise ConfigError("config.child.reward_last_epochs: must be <= config.child.epochs "
+                        f"({self.train.epochs}), got {self.train.reward_last_epochs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMChildConfig:
+  """``config.lm_child``: the language model of a cell child, and its reward c / ppl^2."""
+  lm: lm.LMConfig = lm.LMConfig()
+  reward_constant: float = 80.0
+  vmap: bool = True
+
+  def __post_init__(self):
+    _check_ranges(_section("lm_child", self, self.lm))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """``config.search``: the searcher and the budget of the loop."""
+  searcher: str = "reinforce"
+  num_steps: int = 1600
+  children_per_step: int = 8
+  keep_checkpoints: int = 3
+  verbose: bool = False
+  gather_timeout_s: float = 86400.0
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    _check_ranges(_section("search", self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole search's config, parsed once from the ``ConfigDict`` (:func:`parse`).
+
+  ``flat`` keeps the ``ConfigDict``'s fields by dotted name, as ``config.json`` records them.
+  """
+  seed: int
+  data: DataConfig
+  search_space: Any  # a nas_jax.spaces.base.SearchSpace
+  child: ChildConfig
+  lm_child: LMChildConfig
+  controller: reinforce.ReinforceConfig
+  search: SearchConfig
+  flat: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def __post_init__(self):
+    _check_ranges(_section("controller", self.controller, self.controller.controller))
+    if not 0 <= self.controller.baseline_decay < 1:
+      raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
+                        f"{self.controller.baseline_decay}")
+    space = self.flat.get("search_space.name", getattr(self.search_space, "name", ""))
+    allowed = _DATA_FOR_SPACE.get(space)
+    if allowed and self.data.name not in allowed:
+      raise ConfigError(f"config.data.name: {self.data.name!r} is not one of {list(allowed)} "
+                        f"(the data of search space {space!r})")
+    if space == "cnn":
+      _check_cnn(self.search_space, self.child.executor)
+
+
+def _check_cnn(space, executor: str) -> None:
+  start, cap = space.start_layers, space.max_layers
+  if cap and cap < start:
+    raise ConfigError(f"config.search_space.max_layers: {cap} is below start_layers ({start}); "
+                      "raise it or set 0 for no cap")
+  bad = [i for i in space.pool_after_layers if i < 0 or (cap and i >= cap)]
+  if bad:
+    raise ConfigError(f"config.search_space.pool_after_layers: layer indices {bad} are outside "
+                      f"the network (0..{(cap or start) - 1})")
+  if executor == "vmap" and space.predict_strides:
+    raise ConfigError("config.child.executor: 'vmap' trains children of one shape; with "
+                      "search_space.predict_strides=True use child.executor='exact'")
+  for name in ("filter_heights", "filter_widths"):
+    even = [k for k in getattr(space, name) if k % 2 == 0]
+    if executor == "vmap" and even:
+      raise ConfigError(f"config.search_space.{name}: the 'vmap' executor centres each filter in "
+                        f"the largest one and needs odd sizes, got {even}; use odd sizes or "
+                        "child.executor='exact'")
+
+
+def parse(cfg: ml_collections.ConfigDict) -> Config:
+  """Checks ``cfg`` and returns it as a :class:`Config` (frozen dataclasses, checked once).
+
+  Raises:
+    ConfigError: for unknown or missing keys, wrong types and out-of-range values, naming the
+      field and the fix.
+  """
+  space_name = cfg.get("search_space", {}).get("name", "cnn")
+  defaults = flatten(default_config(space_name))
   values = flatten(cfg)
   for name in values:
     if name not in defaults:
@@ -143,71 +289,27 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{name}: missing; start the config from "
                         "nas_jax.config.default_config()")
     _check_type(name, values[name], default)
-  for name in (n for n in _POSITIVE_INT if n in values):
-    if values[name] < 1:
-      raise ConfigError(f"config.{name}: must be >= 1, got {values[name]}")
-  for name in _UNIT_INTERVAL:
-    if not 0 <= values[name] < 1:
-      raise ConfigError(f"config.{name}: must be in [0, 1), got {values[name]}")
-  for name in (n for n in _NON_NEGATIVE if n in values):
-    if not (values[name] >= 0 and math.isfinite(values[name])):
-      raise ConfigError(f"config.{name}: must be >= 0, got {values[name]}")
-  for name in _POSITIVE:
-    v = values[name]
-    if v is not None and not (v > 0 and math.isfinite(v)):
-      raise ConfigError(f"config.{name}: must be a finite number > 0, got {v}")
-  for name in (n for n in _CHOICE_LISTS if n in values):
-    v = values[name]
-    if not v:
-      raise ConfigError(f"config.{name}: empty choice list; give at least one value, "
-                        f"e.g. {defaults[name]}")
-    if any(isinstance(x, int) and x < 1 for x in v):
-      raise ConfigError(f"config.{name}: every choice must be >= 1, got {list(v)}")
-  for name, allowed in _ENUMS.items():
-    if values[name] not in allowed:
-      raise ConfigError(f"config.{name}: {values[name]!r} is not one of {list(allowed)}")
-  data_dir = values["data.data_dir"]
-  if data_dir and not os.path.isdir(data_dir):
-    raise ConfigError(f"config.data.data_dir: {data_dir!r} is not a directory; give the folder "
-                      "that holds the data, or '' for the default")
-  allowed = _DATA_FOR_SPACE.get(space)
-  if allowed and values["data.name"] not in allowed:
-    raise ConfigError(f"config.data.name: {values['data.name']!r} is not one of {list(allowed)} "
-                      f"(the data of search space {space!r})")
+  _check_ranges({k: v for k, v in values.items() if k.startswith("search_space.")})
   try:
-    make_space(cfg.search_space)
+    space = make_space(cfg.search_space)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.{e}" if str(e).startswith("search_space.") else str(e)) from None
-  if space == "cnn":
-    start, cap = values["search_space.start_layers"], values["search_space.max_layers"]
-    if cap and cap < start:
-      raise ConfigError(f"config.search_space.max_layers: {cap} is below start_layers ({start}); "
-                        "raise it or set 0 for no cap")
-    bad = [i for i in values["search_space.pool_after_layers"] if i < 0 or (cap and i >= cap)]
-    if bad:
-      raise ConfigError(f"config.search_space.pool_after_layers: layer indices {bad} are outside "
-                        f"the network (0..{(cap or start) - 1})")
-    if values["child.executor"] == "vmap" and values["search_space.predict_strides"]:
-      raise ConfigError("config.child.executor: 'vmap' trains children of one shape; with "
-                        "search_space.predict_strides=True use child.executor='exact'")
-    for name in ("search_space.filter_heights", "search_space.filter_widths"):
-      even = [k for k in values[name] if k % 2 == 0]
-      if values["child.executor"] == "vmap" and even:
-        raise ConfigError(f"config.{name}: the 'vmap' executor centres each filter in the "
-                          f"largest one and needs odd sizes, got {even}; use odd sizes or "
-                          "child.executor='exact'")
-  if not 0 <= values["controller.baseline_decay"] < 1:
-    raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
-                      f"{values['controller.baseline_decay']}")
-  if not 0 <= values["child.momentum"] < 1:
-    raise ConfigError(f"config.child.momentum: must be in [0, 1), got {values['child.momentum']}")
-  if values["child.reward_last_epochs"] > values["child.epochs"]:
-    raise ConfigError("config.child.reward_last_epochs: must be <= config.child.epochs "
-                      f"({values['child.epochs']}), got {values['child.reward_last_epochs']}")
+  c = cfg.child
+  ctrl = _fields(cfg.controller, controller.ControllerConfig)
+  lm_fields = {k: v for k, v in cfg.lm_child.items() if k not in ("reward_constant", "vmap")}
+  return Config(
+      seed=cfg.seed, data=DataConfig(**cfg.data), search_space=space,
+      child=ChildConfig(c.executor, c.num_devices, _fields(c, child.TrainConfig)),
+      lm_child=LMChildConfig(lm.LMConfig(**lm_fields), float(cfg.lm_child.reward_constant),
+                             cfg.lm_child.vmap),
+      controller=_fields(cfg.controller, reinforce.ReinforceConfig, controller=ctrl),
+      search=SearchConfig(**{**cfg.search, "gather_timeout_s": float(cfg.search.gather_timeout_s)}),
+      flat=values)
 
 
-def search_space(cfg):
-  return make_space(cfg.search_space)
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for unknown keys, wrong types and out-of-range values (:func:`parse`)."""
+  parse(cfg)
 
 
 def _fields(section, cls, **extra):
@@ -217,17 +319,3 @@ def _fields(section, cls, **extra):
   vals = {k: float(v) if isinstance(names[k].default, float) and v is not None else v
           for k, v in vals.items()}
   return cls(**vals, **extra)
-
-
-def train_config(cfg) -> child.TrainConfig:
-  return _fields(cfg.child, child.TrainConfig)
-
-
-def reinforce_config(cfg) -> reinforce.ReinforceConfig:
-  ctrl = _fields(cfg.controller, controller.ControllerConfig)
-  return _fields(cfg.controller, reinforce.ReinforceConfig, controller=ctrl)
-
-
-def lm_child_config(cfg) -> lm.LMConfig:
-  c = {k: v for k, v in cfg.lm_child.items() if k not in ("reward_constant", "vmap")}
-  return lm.LMConfig(**c)

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from nas_jax.training import cell_children, lm, ptb
 from nas_jax.core import search, searchers
@@ -20,6 +21,7 @@ def _cells(space, m, seed):
   return [space.decode(plan, t) for t in tokens]
 
 
+@pytest.mark.slow
 def test_vmapped_children_equal_children_trained_alone():
   corpus = ptb.load_ptb("word")
   space = rnn_cell.RNNCellSpace()
@@ -50,6 +52,7 @@ def test_vmapped_children_equal_children_trained_alone():
   assert len({round(a.metrics["val_ppl"], 3) for a, _ in ok}) == len(ok)
 
 
+@pytest.mark.slow
 def test_quick_cell_search_writes_perplexities(tmp_path):
   cfg = load_config("rnn_ptb_cpu", "quick")
   search.run_search(cfg, str(tmp_path))
@@ -61,6 +64,7 @@ def test_quick_cell_search_writes_perplexities(tmp_path):
     assert r["val_ppl"] > 1 and np.isclose(r["reward"], 80.0 / r["val_ppl"] ** 2)
 
 
+@pytest.mark.slow
 def test_the_best_cell_of_a_search_can_be_retrained(tmp_path):
   from nas_jax.tools import analysis
   from nas_jax.training import lm_cells

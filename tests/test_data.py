@@ -1,4 +1,4 @@
-"""Tests for nas_jax.training.data: digits split, CIFAR-10 sources (archive, TFDS, missing), augmentation."""
+"""nas_jax.training.data: digits, CIFAR-10 sources (archive, TFDS, missing, crafted), augmentation."""
 
 import builtins
 import io

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from nas_jax.core import search, workdir as workdir_lib
+from nas_jax.core import workdir as workdir_lib
 
-from test_failures import STEPS, _run, _tree, whole  # noqa: F401  (whole is a fixture)
+from test_failures import _run, _tree, whole  # noqa: F401  (whole is a fixture)
 from test_search import ROOT, comparable, read_rows
 
 HISTORY, STEPS_LOG = "history.jsonl", "steps.jsonl"

@@ -69,27 +69,27 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
 
 
 def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
-  config_lib.validate(cfg)
-  space = space or config_lib.search_space(cfg)
-  searcher = searchers.make_searcher(cfg.search.searcher, config_lib.reinforce_config(cfg))
-  evaluator = _evaluator(cfg, space, evaluate_fn, evaluate_batch_fn)
+  config = config_lib.parse(cfg)
+  space = space or config.search_space
+  searcher = searchers.make_searcher(config.search.searcher, config.controller)
+  evaluator = _evaluator(config, space, evaluate_fn, evaluate_batch_fn)
   metric = getattr(evaluator, "metric", base.ACCURACY)
-  record = workdir_lib.config_record(cfg, space, metric)
-  wd = workdir_lib.open_workdir(workdir, record, cfg.search, cluster.is_primary, space)
+  record = workdir_lib.config_record(config, space, metric)
+  wd = workdir_lib.open_workdir(workdir, record, config.search, cluster.is_primary, space)
   wd.check()  # a workdir of another config is refused before the data is loaded
   if dataset is None:
-    dataset = data_lib.load(cfg.data, cfg.seed)
-  root = jax.random.key(cfg.seed)
+    dataset = data_lib.load(config.data, config.seed)
+  root = jax.random.key(config.seed)
   init_key, propose_key, child_key = (jax.random.fold_in(root, i) for i in range(3))
-  m, num_steps = cfg.search.children_per_step, cfg.search.num_steps
+  m, num_steps = config.search.children_per_step, config.search.num_steps
   with wd:
     wd.open()  # only now, with config and data known good, is the workdir written
     start, state, rows = wd.restore(searcher.init(init_key, space.decisions))
     start, state, rows = cluster.share_start(start, state, rows, config_lib.run_digest(record),
-                                             cfg.search.gather_timeout_s)
+                                             config.search.gather_timeout_s)
     kept = [r for r in rows if r["step"] < start]
     reusable = {(r["step"], r["index"]): r for r in rows if r["step"] >= start}
-    evaluate = cluster.shared(evaluator, cfg.search.gather_timeout_s)
+    evaluate = cluster.shared(evaluator, config.search.gather_timeout_s)
     progress = _Progress(num_steps, m)
     for step in range(start, num_steps):
       t_step = time.time()
@@ -132,12 +132,12 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
   return SearchResult(analysis.best_row(kept), len(kept), workdir, metric)
 
 
-def _evaluator(cfg, space, evaluate_fn, evaluate_batch_fn):
+def _evaluator(config, space, evaluate_fn, evaluate_batch_fn):
   """The space's evaluator, unless the caller gives its own (``evaluate_fn``: one child)."""
   if evaluate_fn is not None:
     return lambda space, archs, dataset, keys: (
         evaluate_fn(space, a, dataset, k) for a, k in zip(archs, keys))
-  return evaluate_batch_fn or space.evaluator(cfg)
+  return evaluate_batch_fn or space.evaluator(config)
 
 
 def _row(step, k, num_layers, tokens, arch, space, res: trainer.ChildResult) -> dict:

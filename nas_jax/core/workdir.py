@@ -58,10 +58,11 @@ class WorkdirMismatchError(WorkdirError):
   """The workdir holds a run with a different config."""
 
 
-def config_record(cfg, space: base.SearchSpace, metric: base.Metric) -> dict[str, Any]:
+def config_record(config: config_lib.Config, space: base.SearchSpace,
+                  metric: base.Metric) -> dict[str, Any]:
   """What ``config.json`` holds: the flat config (its ``search_space.*`` fields those of the space
   searched), the space's class and module, and the metric that ranks its children."""
-  record = config_lib.flatten(cfg)
+  record = dict(config.flat)
   if dataclasses.is_dataclass(space):  # the space searched, also when passed as an object
     record = {k: v for k, v in record.items() if not k.startswith("search_space.")}
     record.update({f"search_space.{k}": v for k, v in base.to_json(space).items()})
@@ -236,8 +237,8 @@ class Workdir:
       os.fsync(self._history.fileno())
     try:
       with _quiet_orbax_errors():
-        self._manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(
-            jax.tree.map(np.asarray, state))))
+        self._manager.save(step + 1, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_host(state))))
     except Exception as e:  # pylint: disable=broad-except  (orbax wraps OSError in its own types)
       raise WorkdirError(f"cannot save the checkpoint of step {step} in "
                          f"{self._manager.directory}: {_cause(e)}; free some space or fix the "
@@ -339,6 +340,13 @@ def _quiet_orbax_errors():
     logger.removeFilter(f)
 
 
+def _host(state):
+  """The state as orbax is given it: with several processes, orbax refuses process-local
+  jax.Arrays, so numpy copies; with one, the arrays themselves (restoring into numpy targets makes
+  orbax close its event loop under reads still in flight when a checkpoint is corrupt)."""
+  return jax.tree.map(np.asarray, state) if jax.process_count() > 1 else state
+
+
 def _line(row: dict) -> bytes:
   return (json.dumps(row) + "\n").encode()
 
@@ -376,7 +384,7 @@ def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[d
     else:
       try:
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(jax.tree.map(np.asarray, state))))
+            state=ocp.args.StandardRestore(_host(state))))
       except Exception as e:  # pylint: disable=broad-except
         error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         aside = os.path.join(workdir, "checkpoints_unreadable", str(step))

@@ -110,18 +110,20 @@ class SearchSpace:
     """A one-line human-readable form of ``arch`` (for logs)."""
     return json.dumps(to_json(arch))
 
-  def evaluator(self, cfg):
+  def evaluator(self, config):
     """How this space's children are trained and scored (``nas_jax.training.evaluators``).
+
+    ``config`` is the search's parsed :class:`nas_jax.config.Config`.
 
     The default trains what ``build`` returns as an image classifier, each child compiled at its
     exact shapes (``config.child.executor="exact"``).
     """
     from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
-    if cfg.child.executor != "exact":
+    if config.child.executor != "exact":
       from nas_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
-      raise ConfigError(f"config.child.executor: {cfg.child.executor!r} is for the CNN space's "
+      raise ConfigError(f"config.child.executor: {config.child.executor!r} is for the CNN space's "
                         f"masked network; {type(self).__name__} trains its children with 'exact'")
-    return evaluators.exact(cfg)
+    return evaluators.exact(config)
 
   def from_json(self, obj: Any) -> Hashable:
     """The inverse of :func:`to_json`: ``arch`` from its JSON form (a history row's ``arch``).

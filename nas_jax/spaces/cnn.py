@@ -107,10 +107,12 @@ class CNNSpace(base.SearchSpace):
   def build(self, arch: CNNArch, num_classes: int) -> nn.Module:
     return CNNChild(arch=arch, num_classes=num_classes)
 
-  def evaluator(self, cfg):
+  def evaluator(self, config):
     """``exact`` children, or with ``config.child.executor="vmap"`` the masked network's."""
     from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
-    return evaluators.masked(cfg) if cfg.child.executor == "vmap" else evaluators.exact(cfg)
+    if config.child.executor == "vmap":
+      return evaluators.masked(config)
+    return evaluators.exact(config)
 
   def describe(self, arch: CNNArch) -> str:
     parts = []

@@ -212,7 +212,7 @@ def _load_cifar10(data_dir: str | None):
 
 
 def _numpy_core(module: str, name: str):
-  """numpy's private ``_core.<module>.<name>`` (``core`` before numpy 2), without the shim's warning."""
+  """numpy's private ``_core.<module>.<name>`` (``core`` before numpy 2), without a warning."""
   try:
     return getattr(importlib.import_module(f"numpy._core.{module}"), name)
   except ImportError:
@@ -235,7 +235,7 @@ _CIFAR_PICKLE_GLOBALS = {
 
 
 class _CifarUnpickler(pickle.Unpickler):
-  """Unpickles a CIFAR-10 batch: a dict of bytes, ints and numpy arrays, and nothing that runs code."""
+  """Unpickles a CIFAR-10 batch: dicts, bytes, ints and numpy arrays; nothing that runs code."""
 
   def __init__(self, file, where: str):
     super().__init__(file, encoding="bytes")

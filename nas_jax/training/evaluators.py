@@ -3,7 +3,7 @@
 An evaluator is ``(space, archs, data, keys) -> iterable of ChildResult`` (in order, so the search
 loop records each child as soon as it is done) with a ``metric`` attribute naming the value that
 ranks children (:class:`nas_jax.spaces.base.Metric`). A space chooses its evaluator
-(``space.evaluator(cfg)``); a user's space whose ``build`` returns a Flax image classifier gets
+(``space.evaluator(config)``, with the parsed :class:`nas_jax.config.Config`); a user's space whose ``build`` returns a Flax image classifier gets
 :func:`exact` without defining anything.
 
 * :func:`exact` (image classifiers): each child compiled at its exact shapes and cached
@@ -47,20 +47,20 @@ class Evaluator:
     return self.fn(space, archs, data, keys)
 
 
-def _log_fn(cfg):
-  return logging.info if cfg.search.verbose else None
+def _log_fn(config):
+  return logging.info if config.search.verbose else None
 
 
-def cells(cfg) -> Evaluator:
+def cells(config: config_lib.Config) -> Evaluator:
   """Language models with the searched cells, m at a time; reward c / ppl^2."""
-  lm_cfg = config_lib.lm_child_config(cfg)
+  lm_child = config.lm_child
 
   def evaluate_cells(space, archs, corpus, keys):
     if not archs:
       return []
     return _all_or_failed(archs, lambda: cell_children.evaluate_cells(
-        space, archs, corpus, lm_cfg, keys, reward_constant=float(cfg.lm_child.reward_constant),
-        vmap=cfg.lm_child.vmap, log_fn=_log_fn(cfg)), {"val_ppl": None, "train_ppl": None})
+        space, archs, corpus, lm_child.lm, keys, reward_constant=lm_child.reward_constant,
+        vmap=lm_child.vmap, log_fn=_log_fn(config)), {"val_ppl": None, "train_ppl": None})
   return Evaluator(evaluate_cells, base.PERPLEXITY)
 
 
@@ -80,10 +80,10 @@ class _OnDevice:
     return self._cache[(id(dataset), device)]
 
 
-def masked(cfg) -> Evaluator:
+def masked(config: config_lib.Config) -> Evaluator:
   """The m CNN children of a step in one vmapped program over the masked max-size network."""
-  train_cfg, placed = config_lib.train_config(cfg), _OnDevice()
-  devices = local_devices(cfg.child.num_devices)
+  train_cfg, placed = config.child.train, _OnDevice()
+  devices = local_devices(config.child.num_devices)
   replicated = (jax.sharding.NamedSharding(trainer.children_mesh(devices),
                                            jax.sharding.PartitionSpec())
                 if len(devices) > 1 else devices[0])
@@ -93,14 +93,14 @@ def masked(cfg) -> Evaluator:
       return []
     return _all_or_failed(archs, lambda: masked_children.evaluate_masked(
         space, archs, placed(dataset, replicated), train_cfg, keys, devices=tuple(devices),
-        log_fn=_log_fn(cfg)), _NO_ACCURACY)
+        log_fn=_log_fn(config)), _NO_ACCURACY)
   return Evaluator(evaluate_vmap, base.ACCURACY)
 
 
-def exact(cfg) -> Evaluator:
+def exact(config: config_lib.Config) -> Evaluator:
   """Each child at its exact shapes, one after another on each local device."""
-  train_cfg, placed, log_fn = config_lib.train_config(cfg), _OnDevice(), _log_fn(cfg)
-  devices = local_devices(cfg.child.num_devices)
+  train_cfg, placed, log_fn = config.child.train, _OnDevice(), _log_fn(config)
+  devices = local_devices(config.child.num_devices)
   # One single-thread queue per device: a child runs on the device it was assigned to.
   pools = ([concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"child-{d}")
             for d in range(len(devices))] if len(devices) > 1 else None)
