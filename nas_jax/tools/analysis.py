@@ -49,17 +49,36 @@ def load_history(workdir: str) -> list[dict]:
   return read_history(path)
 
 
-def load_metric(workdir: str) -> base.Metric:
-  """The metric that ranks the children of the search in ``workdir`` (its ``config.json``).
+_BUILT_IN = {  # search_space.name -> (module, class, metric)
+    "cnn": ("nas_jax.spaces.cnn", "CNNSpace", base.ACCURACY),
+    "rnn_cell": ("nas_jax.spaces.rnn_cell", "RNNCellSpace", base.PERPLEXITY),
+}
 
-  Workdirs written before the metric was recorded name only their space: the built-in cell
-  space's children are ranked by perplexity, every other space's by accuracy.
-  """
+
+def legacy_config_keys(config: dict) -> dict:
+  """The keys a ``config.json`` written before ``search_space.module`` and ``metric.name`` existed
+  lacks, from its ``search_space.name`` "cnn" or "rnn_cell" (the built-in spaces and their
+  metrics); ``{}`` for a newer config, another name, or a recorded ``search_space.class`` that is
+  not the named space's (a user's space searched under a built-in config)."""
+  if "search_space.module" in config or "metric.name" in config:
+    return {}
+  known = _BUILT_IN.get(config.get("search_space.name"))
+  if known is None or config.get("search_space.class", known[1]) != known[1]:
+    return {}
+  module, class_name, metric = known
+  return {"search_space.module": module, "search_space.class": class_name,
+          "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better}
+
+
+def load_metric(workdir: str) -> base.Metric:
+  """The metric that ranks the children of the search in ``workdir`` (its ``config.json``; for
+  older workdirs :func:`legacy_config_keys`; accuracy, the default evaluator's, if neither says)."""
   with open(os.path.join(workdir, "config.json")) as f:
-    record = json.load(f)
-  if "metric.name" in record:
-    return base.Metric(record["metric.name"], bool(record["metric.higher_is_better"]))
-  return base.PERPLEXITY if record.get("search_space.name") == "rnn_cell" else base.ACCURACY
+    config = json.load(f)
+  config = {**config, **legacy_config_keys(config)}
+  if "metric.name" in config:
+    return base.Metric(config["metric.name"], bool(config["metric.higher_is_better"]))
+  return base.ACCURACY
 
 
 def best_row(rows: list[dict]) -> dict | None:

@@ -8,7 +8,8 @@ The report never guesses what a run was: :func:`run_space` reads it from ``confi
 ``search_space.module`` and ``search_space.class`` name the space's class, the other
 ``search_space.*`` fields build it, ``metric.name`` and ``metric.higher_is_better`` name the
 children's score in the history rows. Workdirs written before those keys existed go through
-:func:`_legacy_keys`, the one place that knows the built-in spaces' names.
+:func:`nas_jax.tools.analysis.legacy_config_keys`, the one place that knows the built-in spaces'
+names.
 """
 
 from __future__ import annotations
@@ -76,27 +77,6 @@ class RunSpace(NamedTuple):
   why: str
 
 
-_BUILT_IN = {  # search_space.name -> (module, class, metric)
-    "cnn": ("nas_jax.spaces.cnn", "CNNSpace", base.ACCURACY),
-    "rnn_cell": ("nas_jax.spaces.rnn_cell", "RNNCellSpace", base.PERPLEXITY),
-}
-
-
-def _legacy_keys(config: dict) -> dict:
-  """The keys a ``config.json`` written before ``search_space.module`` and ``metric.name`` existed
-  lacks, from its ``search_space.name`` "cnn" or "rnn_cell" (the built-in spaces and their
-  metrics); ``{}`` for a newer config, another name, or a recorded ``search_space.class`` that is
-  not the named space's (a user's space searched under a built-in config)."""
-  if "search_space.module" in config or "metric.name" in config:
-    return {}
-  known = _BUILT_IN.get(config.get("search_space.name"))
-  if known is None or config.get("search_space.class", known[1]) != known[1]:
-    return {}
-  module, class_name, metric = known
-  return {"search_space.module": module, "search_space.class": class_name,
-          "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better}
-
-
 def _tuples(v):
   """JSON lists -> tuples (nested too), as the space's frozen dataclass fields are."""
   return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
@@ -135,9 +115,9 @@ def run_space(config: dict) -> RunSpace:
   the other ``search_space.*`` keys (the class's fields; JSON lists become tuples; ``name``,
   ``class`` and ``module`` are skipped unless they are fields), ``metric.name`` and
   ``metric.higher_is_better`` (both, or no metric). A config without the module and metric keys
-  (an older version's) gets them from :func:`_legacy_keys`.
+  (an older version's) gets them from :func:`analysis.legacy_config_keys`.
   """
-  config = {**config, **_legacy_keys(config)}
+  config = {**config, **analysis.legacy_config_keys(config)}
   space, why = _build_space(config)
   name, higher = config.get("metric.name"), config.get("metric.higher_is_better")
   metric = base.Metric(name, bool(higher)) if name and higher is not None else None
