@@ -5,8 +5,12 @@
 Override any field from the command line, e.g. ``--config.search.searcher=random`` or
 ``--config.child.epochs=10``; use ``--config=experiments/configs/cnn_digits.py:quick`` for a CPU-sized
 run. Rerunning the same command resumes from the last checkpoint in the workdir.
+
+With ``--distributed`` or ``--coordinator_address`` the search runs in a child process of this one
+(``nas_jax/core/supervisor.py``), so that a lost peer process ends in one line and exit code 3.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -32,6 +36,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_s", 100, "A process silent this long counts as dead; the others then stop.")
+_SUPERVISE = flags.DEFINE_bool(
+    "supervise", True, "With --distributed or --coordinator_address: run the search in a child "
+    "process, so that a lost peer (JAX then aborts the process) ends in one line and exit code 3.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -96,5 +103,17 @@ def _last_line(e: BaseException) -> str:
   return lines[-1] if lines else type(e).__name__
 
 
+def _supervisor():
+  """nas_jax/core/supervisor.py, loaded alone: the nas_jax package would import JAX."""
+  package = importlib.util.find_spec("nas_jax")
+  path = os.path.join(package.submodule_search_locations[0], "core", "supervisor.py")
+  spec = importlib.util.spec_from_file_location("_nas_jax_supervisor", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 if __name__ == "__main__":
+  if "--nosupervise" not in sys.argv and (supervisor := _supervisor()).wanted(sys.argv):
+    sys.exit(supervisor.supervise([sys.executable, *sys.orig_argv[1:], "--nosupervise"]))
   app.run(main, flags_parser=_parse_flags)

@@ -9,8 +9,10 @@ Only process 0 reads and writes the workdir (history, checkpoints, summary); at 
 restored searcher state to the others.
 
 A process that dies is noticed by the coordination service's heartbeats
-(``heartbeat_timeout_s``); the survivors then stop with an error instead of waiting for ever, and a
-peer's missing result is also reported by :meth:`Cluster.gather` after ``timeout_s``.
+(``heartbeat_timeout_s``) and JAX aborts the survivors instead of letting them wait for ever;
+``experiments/search.py`` runs each process under :mod:`nas_jax.core.supervisor`, which turns that
+abort into one line and exit code ``PEER_LOST_EXIT_CODE``. A peer's missing result is also reported
+by :meth:`Cluster.fetch` after ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import flax.serialization
 import jax
 import numpy as np
 
+from nas_jax.core.supervisor import PEER_LOST_EXIT_CODE  # noqa: F401  (re-exported)
 from nas_jax.spaces import base
 from nas_jax.training import trainer
 
