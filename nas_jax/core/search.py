@@ -64,7 +64,8 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
   try:
     return _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn)
   except BaseException as e:  # the other processes stop too, instead of waiting for this one
-    cluster.abort(f"process {cluster.index} stopped: {type(e).__name__}: {e}")
+    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    cluster.abort(f"process {cluster.index} stopped: {why}")
     raise
 
 
