@@ -11,6 +11,8 @@ history as an uninterrupted one; children already evaluated are taken from the h
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -83,7 +85,7 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
   root = jax.random.key(config.seed)
   init_key, propose_key, child_key = (jax.random.fold_in(root, i) for i in range(3))
   m, num_steps = config.search.children_per_step, config.search.num_steps
-  with wd:
+  with wd, _Interrupt() as interrupt:
     wd.open()  # only now, with config and data known good, is the workdir written
     start, state, rows = wd.restore(searcher.init(init_key, space.decisions))
     start, state, rows = cluster.share_start(start, state, rows, config_lib.run_digest(record),
@@ -111,6 +113,7 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
         if step_rows[k] is None:
           step_rows[k] = _row(step, k, num_layers, tokens[k], archs[k], space, next(results))
         wd.write_row(step_rows[k])
+        interrupt.check()
       kept += step_rows
       t_children = time.time() - t_children
       t0 = time.time()
@@ -127,6 +130,7 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
           "seconds": round(time.time() - t_step, 4)}
       wd.end_step(step, state, step_row, step_rows, kept, metric, rate * 60 if rate else None)
       _stop_if_all_raised(kept)
+      interrupt.check()
       progress.log(step, num_layers, rewards, metrics, info, analysis.best_row(kept),
                    t_controller)
     wd.finish(kept, max(start, num_steps))
@@ -160,6 +164,34 @@ def _raised(row) -> bool:
 def _stop_if_all_raised(rows) -> None:
   if rows and all(_raised(r) for r in rows):
     raise ChildrenFailError(f"every child so far failed; the first error:\n{rows[0]['error']}")
+
+
+class _Interrupt:
+  """Ctrl-C stops the search at the next safe point (a child recorded, a step saved); a second
+  Ctrl-C stops it at once. (A KeyboardInterrupt raised at an arbitrary point can land in a
+  garbage-collection callback, where Python ignores it.)"""
+
+  def __enter__(self):
+    self.requested, self._previous = False, None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    logging.warning("interrupted: stopping once the child in training is recorded (Ctrl-C again "
+                    "to stop at once)")
+
+  def check(self) -> None:
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 class _Progress:
