@@ -215,6 +215,7 @@ def test_concat_padded_pads_bottom_right_with_zeros():
 # v3, describe, hashing, JSON
 
 
+@pytest.mark.slow
 def test_v3_blocks_of_three_convs_and_max_pooling():
   space = CNNSpace(num_filters=(6, 12, 24, 36), convs_per_layer=3, pool_after_layers=(1, 2))
   plan = space.plan(4)
@@ -243,6 +244,7 @@ def test_v3_blocks_of_three_convs_and_max_pooling():
   assert params["Dense_0"]["kernel"].shape == (36, 10)
 
 
+@pytest.mark.slow
 def test_every_random_token_vector_builds():
   """The compile rules make any token vector a valid network (strides, skips, pooling)."""
   space = CNNSpace(predict_strides=True, num_filters=(2, 3, 4, 5), pool_after_layers=(0,))

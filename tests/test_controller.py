@@ -402,6 +402,7 @@ def test_anchor_layer_without_earlier_anchors_is_normalised_or_rejected():
   assert p.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_deepening_search_compiles_sample_and_update_once_per_bucket():
   from nas_jax.core import reinforce  # pylint: disable=import-outside-toplevel
   space = CNNSpace(start_layers=3)

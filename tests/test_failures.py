@@ -249,6 +249,7 @@ class _BuggyMLP(nn.Module):
     return logits
 
 
+@pytest.mark.slow
 def test_children_that_raise_are_recorded_as_failed_and_the_search_goes_on(tmp_path):
   cfg = load_config("cnn_digits", "quick")
   cfg.search.num_steps, cfg.search.children_per_step = 3, 4
@@ -311,6 +312,7 @@ def _tree(workdir):
           for d, _, files in os.walk(workdir) for f in files}
 
 
+@pytest.mark.slow
 def test_cli_errors_leave_a_workdir_of_another_search_byte_identical(tmp_path):
   cfg = load_config("cnn_digits", "quick")   # the command line's config, run with a fake reward
   workdir = tmp_path / "w"

@@ -49,6 +49,7 @@ def test_lstm_step_matches_the_equations():
   np.testing.assert_array_equal(h, out)
 
 
+@pytest.mark.slow
 def test_untrained_model_is_near_uniform_and_training_learns_the_pattern():
   corpus = tiny_corpus()
   cell = lm.lstm_cell()
@@ -121,6 +122,7 @@ def test_real_ptb_quick_training_beats_a_unigram_far_below_uniform():
   assert result.valid_ppl < 0.9 * unigram_ppl, (result.valid_ppl, unigram_ppl)   # LM: 689
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_grad_norm", [5.0, 0.01])   # 0.01: clipping is active
 @pytest.mark.parametrize("regularised", [False, True])
 def test_sparse_embedding_update_equals_the_dense_gradient_step(max_grad_norm, regularised):

@@ -216,6 +216,7 @@ def test_init_matches_the_exact_childs_distribution():
   assert np.all(np.asarray(params["Dense_0"]["bias"]) == 0.0)
 
 
+@pytest.mark.slow
 def test_training_from_embedded_exact_init_tracks_the_exact_child():
   """Embedded exact init + the same batches: the masked child trains like the exact child."""
   arch, shape = ARCHS_B[0], (7, 6, 1)
@@ -310,6 +311,7 @@ def test_a_diverging_child_fails_alone(halves, monkeypatch):
     assert res[k].metrics["val_accuracies"] == clean[k].metrics["val_accuracies"]
 
 
+@pytest.mark.slow
 def test_evaluate_masked_equals_child_evaluate_from_the_same_init(halves, monkeypatch):
   """Started from the exact children's initial variables, the masked executor reproduces
   child.evaluate: same data order, updates, validation accuracies and parameter counts."""

@@ -179,6 +179,7 @@ def test_update_with_zero_advantage_leaves_params_unchanged():
 FAKE_REWARD_CFG = reinforce.ReinforceConfig(learning_rate=0.01)
 
 
+@pytest.mark.slow
 def test_reinforce_learns_a_fake_reward_without_child_training():
   """Reward = fraction of tokens equal to a target; the controller must find the target."""
   space = CNNSpace(predict_strides=False)

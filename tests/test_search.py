@@ -116,6 +116,7 @@ def test_interrupted_search_resumes_to_the_same_history(tmp_path):
   assert [s["step"] for s in steps] == list(range(6))   # no step logged twice after the resumes
 
 
+@pytest.mark.slow
 def test_controller_learns_and_beats_random_search_on_a_fake_reward(tmp_path):
   results = {}
   for searcher in ("reinforce", "random"):
