@@ -8,7 +8,8 @@ Two tiers (the ``slow`` marker is registered in setup.cfg):
 
 A test is marked slow when it kills or starts processes (the command line under SIGKILL, several
 ``jax.distributed`` processes, virtual-device subprocesses, notebook kernels), reads the real Penn
-Treebank, or takes more than ~20 s on a quiet 2-core CPU.
+Treebank, or takes more than ~5 s on a quiet 2-core CPU because it runs a search, trains children
+to convergence or compiles many programs (hand-checkable unit tests stay in the fast tier).
 """
 
 import os
