@@ -34,7 +34,7 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      name="cifar10" if space == "cnn" else "ptb", data_dir="", num_validation=0, max_train=0,
+      name=SPACES[space].data_names[0], data_dir="", num_validation=0, max_train=0,
       level="word"))
   space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])}
   c.search_space = ml_collections.ConfigDict(dict(space_fields, name=space))
@@ -93,7 +93,6 @@ _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
                  "search_space.activations")
 _ENUMS = {"child.executor": ("exact", "vmap"), "search.searcher": ("reinforce", "random"),
           "data.level": ("word", "char")}
-_DATA_FOR_SPACE = {"cnn": ("digits", "cifar10"), "rnn_cell": ("ptb",)}
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, Any]:
@@ -239,33 +238,11 @@ class Config:
     if not 0 <= self.controller.baseline_decay < 1:
       raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
                         f"{self.controller.baseline_decay}")
-    space = self.flat.get("search_space.name", getattr(self.search_space, "name", ""))
-    allowed = _DATA_FOR_SPACE.get(space)
+    allowed = self.search_space.data_names
     if allowed and self.data.name not in allowed:
       raise ConfigError(f"config.data.name: {self.data.name!r} is not one of {list(allowed)} "
-                        f"(the data of search space {space!r})")
-    if space == "cnn":
-      _check_cnn(self.search_space, self.child.executor)
-
-
-def _check_cnn(space, executor: str) -> None:
-  start, cap = space.start_layers, space.max_layers
-  if cap and cap < start:
-    raise ConfigError(f"config.search_space.max_layers: {cap} is below start_layers ({start}); "
-                      "raise it or set 0 for no cap")
-  bad = [i for i in space.pool_after_layers if i < 0 or (cap and i >= cap)]
-  if bad:
-    raise ConfigError(f"config.search_space.pool_after_layers: layer indices {bad} are outside "
-                      f"the network (0..{(cap or start) - 1})")
-  if executor == "vmap" and space.predict_strides:
-    raise ConfigError("config.child.executor: 'vmap' trains children of one shape; with "
-                      "search_space.predict_strides=True use child.executor='exact'")
-  for name in ("filter_heights", "filter_widths"):
-    even = [k for k in getattr(space, name) if k % 2 == 0]
-    if executor == "vmap" and even:
-      raise ConfigError(f"config.search_space.{name}: the 'vmap' executor centres each filter in "
-                        f"the largest one and needs odd sizes, got {even}; use odd sizes or "
-                        "child.executor='exact'")
+                        f"(the data of search space {self.search_space.name!r})")
+    self.search_space.check_config(self)
 
 
 def parse(cfg: ml_collections.ConfigDict) -> Config:

@@ -316,3 +316,17 @@ def test_accumulated_gradients_update_the_policy_every_k_steps_with_their_mean()
   assert np.all(np.abs(g) > 1e-3), g
   delta = np.asarray(s.params["head_b_DxC"][0] - state.params["head_b_DxC"][0])
   np.testing.assert_allclose(delta, -0.01 * np.sign(g), rtol=1e-3)
+
+
+def test_feedback_refuses_rewards_that_do_not_match_the_proposed_children():
+  # A custom evaluator that drops a child must not shift every later reward onto the wrong tokens.
+  space = CNNSpace(predict_strides=False)
+  plan, decisions = space.plan(2), space.decisions
+  searcher = searchers.ReinforceSearcher(FAKE_REWARD_CFG)
+  state = searcher.init(jax.random.key(0), decisions)
+  tokens, _ = searcher.propose(state, jax.random.key(1), plan, decisions, 4)
+  assert tokens.shape == (4, base.num_tokens(plan))
+  with pytest.raises(AssertionError, match="shape"):
+    searcher.feedback(state, tokens, np.ones(3, np.float32), plan, decisions)
+  state, metrics = searcher.feedback(state, tokens, np.ones(4, np.float32), plan, decisions)
+  assert np.isfinite(metrics["loss"])

@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nas_jax.core import controller, reinforce
+from nas_jax.spaces import base
 from nas_jax.spaces.base import CHOICE
 
 
@@ -38,6 +40,9 @@ class ReinforceSearcher:
     return np.asarray(tokens), {"entropy": float(jnp.mean(ent)), "log_prob": float(jnp.mean(logp))}
 
   def feedback(self, state, tokens, rewards, plan, decisions):
+    # A user's evaluator or searcher loop that drops a child would silently misalign rewards.
+    chex.assert_shape(rewards, (len(tokens),))
+    chex.assert_shape(tokens, (len(tokens), base.num_tokens(plan)))
     state, metrics = reinforce.update(state, jnp.asarray(tokens), jnp.asarray(rewards, jnp.float32),
                                       plan=plan, decisions=decisions, cfg=self.cfg)
     return state, {k: float(v) for k, v in metrics.items()}

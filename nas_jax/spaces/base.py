@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Hashable, NamedTuple, Sequence
+from typing import Any, ClassVar, Hashable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class SearchSpace:
   """Base class of search spaces; subclasses are frozen dataclasses (hashable values)."""
 
   name: str = "base"
+  data_names: ClassVar[tuple[str, ...]] = ()  # the datasets its children train on (() = any)
 
   @property
   def decisions(self) -> tuple[Decision, ...]:
@@ -109,6 +110,10 @@ class SearchSpace:
   def describe(self, arch: Hashable) -> str:
     """A one-line human-readable form of ``arch`` (for logs)."""
     return json.dumps(to_json(arch))
+
+  def check_config(self, config) -> None:
+    """Raises ``nas_jax.config.ConfigError`` where ``config`` (the parsed
+    :class:`nas_jax.config.Config`) cannot search this space; the default accepts any."""
 
   def evaluator(self, config):
     """How this space's children are trained and scored (``nas_jax.training.evaluators``).

@@ -20,7 +20,7 @@ layers) is a choice of fields: ``num_filters``, ``convs_per_layer``, ``pool_afte
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -64,6 +64,7 @@ class CNNSpace(base.SearchSpace):
   convs_per_layer: int = 1
   pool_after_layers: tuple[int, ...] = ()
   name: str = "cnn"
+  data_names: ClassVar[tuple[str, ...]] = ("cifar10", "digits")
 
   @property
   def decisions(self) -> tuple[base.Decision, ...]:
@@ -106,6 +107,28 @@ class CNNSpace(base.SearchSpace):
 
   def build(self, arch: CNNArch, num_classes: int) -> nn.Module:
     return CNNChild(arch=arch, num_classes=num_classes)
+
+  def check_config(self, config) -> None:
+    """The depth cap and pooling layers fit; the ``vmap`` executor's one shape and odd filters."""
+    from nas_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+    executor = config.child.executor
+    start, cap = self.start_layers, self.max_layers
+    if cap and cap < start:
+      raise ConfigError(f"config.search_space.max_layers: {cap} is below start_layers ({start}); "
+                        "raise it or set 0 for no cap")
+    bad = [i for i in self.pool_after_layers if i < 0 or (cap and i >= cap)]
+    if bad:
+      raise ConfigError(f"config.search_space.pool_after_layers: layer indices {bad} are outside "
+                        f"the network (0..{(cap or start) - 1})")
+    if executor == "vmap" and self.predict_strides:
+      raise ConfigError("config.child.executor: 'vmap' trains children of one shape; with "
+                        "search_space.predict_strides=True use child.executor='exact'")
+    for name in ("filter_heights", "filter_widths"):
+      even = [k for k in getattr(self, name) if k % 2 == 0]
+      if executor == "vmap" and even:
+        raise ConfigError(f"config.search_space.{name}: the 'vmap' executor centres each filter "
+                          f"in the largest one and needs odd sizes, got {even}; use odd sizes or "
+                          "child.executor='exact'")
 
   def evaluator(self, config):
     """``exact`` children, or with ``config.child.executor="vmap"`` the masked network's."""

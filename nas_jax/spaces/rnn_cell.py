@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +126,7 @@ class RNNCellSpace(base.SearchSpace):
   combinations: tuple[str, ...] = ("add", "mul")
   activations: tuple[str, ...] = ("identity", "tanh", "sigmoid", "relu")
   name: str = "rnn_cell"
+  data_names: ClassVar[tuple[str, ...]] = ("ptb",)
 
   def __post_init__(self):
     _check_base(self.base)
