@@ -122,6 +122,8 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path,
   assert len(errors) == 1 and cause in errors[0] and "rerun every process" in errors[0], errors
   for noise in ("Fatal Python error", "Check failure", "coordination_service", "Traceback"):
     assert noise not in log, log[-3000:]
+  if killed == 0:
+    return  # the rerun below is the same for either side (CI's time is bounded)
   # Rerunning both resumes: with the one-process run's num_steps (a resumable change), its rows.
   procs = [_start(tmp_path / f"p{i}", "--heartbeat_timeout_s=5", process_id=i, port=port,
                   log=tmp_path / f"p{i}.rerun.log") for i in range(2)]

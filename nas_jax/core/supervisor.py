@@ -28,8 +28,9 @@ HOLD_S = 10.0  # a coordination-service error line not followed by JAX's abort i
 
 _FATAL = b"the JAX distributed service detected fatal errors"  # JAX's client.h, before abort()
 _LOG_LINE = re.compile(rb"[IWEF]\d{4} [\d:.]+ +\d+ [\w.-]+:\d+\] ")  # absl (C++ or Python) format
-_COORDINATION_LINE = re.compile(
-    rb"[EWF]\d{4} [\d:.]+ +\d+ (coordination_service\w*\.cc|client\.h):\d+\] ")
+_COORDINATION_LINE = re.compile(rb"[EWF]\d{4} [\d:.]+ +\d+ "
+                                rb"(coordination_service\w*\.cc|client\.h|preemption_sync_manager\.cc)"
+                                rb":\d+\] ")
 _PR_SET_PDEATHSIG = 1
 
 
