@@ -65,10 +65,6 @@ class Cluster:
   def is_primary(self) -> bool:
     return self.index == 0
 
-  def mine(self, indices) -> list[int]:
-    """The entries of ``indices`` (children of a step) this process trains."""
-    return [k for k in indices if k % self.count == self.index]
-
   def _client(self):
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
     client = jax_distributed.global_state.client
