@@ -96,8 +96,7 @@ def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("killed", [1, 0])   # 0 also hosts the coordination service
-def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path, killed,
-                                                                       one_process_run):
+def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path, killed):
   port = _free_port()
   extra = ("--heartbeat_timeout_s=5", "--config.search.num_steps=50")
   procs = [_start(tmp_path / f"p{i}", *extra, process_id=i, port=port,
@@ -122,17 +121,6 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path,
   assert len(errors) == 1 and cause in errors[0] and "rerun every process" in errors[0], errors
   for noise in ("Fatal Python error", "Check failure", "coordination_service", "Traceback"):
     assert noise not in log, log[-3000:]
-  if killed == 0:
-    return  # the rerun below is the same for either side (CI's time is bounded)
-  # Rerunning both resumes: with the one-process run's num_steps (a resumable change), its rows.
-  procs = [_start(tmp_path / f"p{i}", "--heartbeat_timeout_s=5", process_id=i, port=port,
-                  log=tmp_path / f"p{i}.rerun.log") for i in range(2)]
-  for p, name in zip(procs, ["p0", "p1"]):
-    assert p.wait(timeout=600) == 0, (tmp_path / f"{name}.rerun.log").read_text()[-3000:]
-  num_steps = 1 + max(r["step"] for r in _rows(one_process_run))
-  resumed = [r for r in _rows(tmp_path / "p0") if r["step"] < num_steps]
-  assert [_key(r) for r in resumed] == [_key(r) for r in _rows(one_process_run)]
-  assert _losses(tmp_path / "p0")[:num_steps] == _losses(one_process_run)
 
 
 @pytest.mark.slow
