@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from nas_jax.training import child, lm
+from nas_jax.training import child, lm, trainer
 from nas_jax.core import controller, reinforce
 from nas_jax.spaces import SPACES, make_space
 
@@ -61,6 +61,8 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
 PER_HOST = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
             "search.gather_timeout_s", "search.tensorboard")
 RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
+# Fields added after workdirs were written without them, with the value those workdirs ran with.
+ADDED_FIELDS = {"child.lr_schedule": "constant"}
 
 
 def run_digest(record: dict[str, Any]) -> str:
@@ -91,7 +93,7 @@ _POSITIVE = ("child.learning_rate", "child.reward_power", "controller.init_scale
 _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
                  "search_space.num_filters", "search_space.strides", "search_space.combinations",
                  "search_space.activations")
-_ENUMS = {"child.executor": ("exact", "vmap"), "search.searcher": ("reinforce", "random"),
+_ENUMS = {"child.executor": ("exact", "vmap"), "child.lr_schedule": trainer.LR_SCHEDULES, "search.searcher": ("reinforce", "random"),
           "data.level": ("word", "char")}
 
 

@@ -211,6 +211,11 @@ def test_experiment_configs_validate():
   paper = load_config("cnn_cifar10")
   assert paper.child.epochs == 50 and paper.controller.learning_rate == 6e-4
   assert paper.search.num_steps * paper.search.children_per_step == 12800
+  bad = load_config("cnn_digits", "quick")
+  bad.child.lr_schedule = "linear"
+  with pytest.raises(config_lib.ConfigError, match=r"config.child.lr_schedule: 'linear' is not "
+                     r"one of \['constant', 'step', 'cosine'\]"):
+    config_lib.validate(bad)
 
 
 def _cli(*args, timeout=300):

@@ -101,3 +101,34 @@ def test_lm_loops_visit_every_segment_once():
   nlls, count = trainer.lm_nll(lambda p, o, c, x, y: (c, jnp.float32(y.size)), None, None, (),
                                stream, 5)
   assert count == 2 * 22 and math.isclose(sum(float(n) for n in nlls), count)
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_a_learning_rate_schedule_sets_each_steps_rate(halves, schedule):
+  """DenseNet's step decay (/10 at 50% and 75% of the epochs) or cosine decay, per SGD step."""
+  cfg = child.TrainConfig(epochs=4, batch_size=16, learning_rate=0.1, momentum=0.0,
+                          weight_decay=0.0, lr_schedule=schedule)
+  steps = trainer.steps_per_epoch(halves, cfg)
+  assert steps == 64 // 16
+  lr = trainer.learning_rate(cfg, steps)
+  rates = [float(lr(s)) for s in range(4 * steps)]
+  if schedule == "step":
+    expected = [0.1] * (2 * steps) + [0.01] * steps + [0.001] * steps
+  else:
+    expected = [0.05 * (1 + math.cos(math.pi * s / (4 * steps))) for s in range(4 * steps)]
+  np.testing.assert_allclose(rates, expected, rtol=1e-5)
+  # Plain SGD: one step's update is minus the scheduled rate times the gradient.
+  tx = trainer.make_optimizer(cfg, steps)
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  for s in range(4 * steps):
+    updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+    np.testing.assert_allclose(updates["w"], -expected[s], rtol=1e-5)
+
+
+def test_a_schedule_needs_the_steps_per_epoch_and_a_known_name():
+  with pytest.raises(ValueError, match="needs the number of steps per epoch"):
+    trainer.make_optimizer(child.TrainConfig(lr_schedule="step"))
+  with pytest.raises(ValueError, match=r"lr_schedule='linear'"):
+    trainer.make_optimizer(child.TrainConfig(lr_schedule="linear"), 10)
+  assert trainer.learning_rate(child.TrainConfig(learning_rate=0.3), None) == 0.3

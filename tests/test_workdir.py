@@ -192,3 +192,15 @@ def test_ctrl_c_stops_with_one_line_and_exit_130_then_resumes(tmp_path):
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert len(read_rows(tmp_path / "w")) == 3 * 2
+
+
+def test_a_workdir_written_before_a_config_field_existed_still_resumes(tmp_path):
+  """A field added later (child.lr_schedule) is absent from old config.json files: its old value
+  is the default, so the old workdir is the same search; another value is another search."""
+  record = {"seed": 0, "child.epochs": 4, "child.lr_schedule": "constant"}
+  old = {k: v for k, v in record.items() if k != "child.lr_schedule"}
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  workdir_lib.Workdir(str(tmp_path), record).check()
+  with pytest.raises(workdir_lib.WorkdirMismatchError, match="config.child.lr_schedule: workdir "
+                     "has None, now 'step'"):
+    workdir_lib.Workdir(str(tmp_path), dict(record, **{"child.lr_schedule": "step"})).check()

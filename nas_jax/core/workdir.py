@@ -135,6 +135,8 @@ class Workdir:
       diffs = sorted(k for k in set(old) | set(self.record)
                      if k not in config_lib.RESUMABLE_CHANGES
                      and not (k in DERIVED_KEYS and k not in old)
+                     and not (k not in old and k in config_lib.ADDED_FIELDS
+                              and self.record.get(k) == config_lib.ADDED_FIELDS[k])
                      and old.get(k) != self.record.get(k))
       if diffs:
         shown = "; ".join(f"config.{k}: workdir has {old.get(k)!r}, now {self.record.get(k)!r}"

@@ -31,6 +31,11 @@ class TrainConfig:
   ``fast_compile`` compiles children with XLA's backend optimisation level 0: about 2-3x less
   compile time for a step that runs at about the same speed on small children (measured on the
   digits children on CPU), the right trade when a child trains for a few hundred steps only.
+
+  ``lr_schedule``: ``"constant"`` (``learning_rate`` throughout: what a search's short child
+  training uses), ``"step"`` (DenseNet's recipe, which the paper's child training follows:
+  ``learning_rate`` divided by 10 at 50% and again at 75% of the epochs) or ``"cosine"`` (cosine
+  decay to 0 over the epochs, per step).
   """
   epochs: int = 50
   batch_size: int = 128
@@ -42,13 +47,15 @@ class TrainConfig:
   reward_power: float = 3.0
   eval_batch_size: int = 500
   fast_compile: bool = False
+  lr_schedule: str = "constant"
 
 
 MAX_COMPILED = 64  # architectures kept compiled in memory (see _programs)
 
 
 @functools.lru_cache(maxsize=MAX_COMPILED)
-def _programs(model, cfg: TrainConfig, augment: bool) -> trainer.Programs:
+def _programs(model, cfg: TrainConfig, augment: bool,
+              steps_per_epoch: int | None = None) -> trainer.Programs:
   """Jitted init / train step / eval step of one child model (cached per architecture).
 
   At most 64 architectures stay compiled in memory: each one's XLA:CPU code takes ~350 memory
@@ -71,7 +78,7 @@ def _programs(model, cfg: TrainConfig, augment: bool) -> trainer.Programs:
     logits, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
     return logits, new_vars.get("batch_stats", {})
 
-  return trainer.classifier_programs(init, apply, cfg, augment)
+  return trainer.classifier_programs(init, apply, cfg, augment, steps_per_epoch=steps_per_epoch)
 
 
 def evaluate(model, dataset: data_lib.Dataset, cfg: TrainConfig, key: jax.Array, *,
@@ -92,6 +99,7 @@ def evaluate(model, dataset: data_lib.Dataset, cfg: TrainConfig, key: jax.Array,
     raised, with the error text in ``error``.
   """
   t0 = time.time()
-  fit = trainer.fit_classifiers(lambda: _programs(model, cfg, bool(dataset.augment)), dataset,
-                                cfg, [key], log_fn=log_fn)
+  steps = trainer.steps_per_epoch(dataset, cfg)
+  fit = trainer.fit_classifiers(lambda: _programs(model, cfg, bool(dataset.augment), steps),
+                                dataset, cfg, [key], log_fn=log_fn)
   return trainer.classifier_results(fit, cfg, time.time() - t0)[0]

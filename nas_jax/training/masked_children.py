@@ -22,7 +22,7 @@ from nas_jax.spaces.masked_cnn import MaskedCNN, exact_param_count, stack_archs
 
 @functools.lru_cache(maxsize=32)
 def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool,
-             devices: tuple = ()) -> trainer.Programs:
+             devices: tuple = (), steps_per_epoch: int | None = None) -> trainer.Programs:
   """The vmapped, jitted programs of ``net`` (cached: one compilation per depth and m).
 
   Every per-child argument has a leading axis m: ``init(keys_M, marcs)``, ``train_step(params,
@@ -35,7 +35,7 @@ def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool,
     return net.apply(params, batch_stats, marc, x, train=train)
 
   return trainer.classifier_programs(net.init, apply, cfg, augment, children=True,
-                                     devices=devices)
+                                     devices=devices, steps_per_epoch=steps_per_epoch)
 
 
 def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib.Dataset,
@@ -87,7 +87,8 @@ def evaluate_masked(space: CNNSpace, archs: Sequence[CNNArch], dataset: data_lib
   net = MaskedCNN(space, depths[0], image_shape, dataset.num_classes, conv_batching)
   marcs = stack_archs([net.encode(a) for a in archs])
   counts = [exact_param_count(a, image_shape[2], dataset.num_classes) for a in archs[:m]]
-  fit = trainer.fit_classifiers(lambda: programs(net, cfg, bool(dataset.augment), devices),
+  steps = trainer.steps_per_epoch(dataset, cfg)
+  fit = trainer.fit_classifiers(lambda: programs(net, cfg, bool(dataset.augment), devices, steps),
                                 dataset, cfg, keys, arch=marcs, init_input=marcs, children=True,
                                 num_children=m, log_fn=log_fn)
   return trainer.classifier_results(fit, cfg, (time.time() - t0) / m, counts)

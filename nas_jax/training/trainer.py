@@ -78,11 +78,46 @@ def reward_from_accuracies(val_accuracies, cfg: TrainConfig) -> tuple[float, flo
   return acc ** cfg.reward_power, acc
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum and weight decay: the paper's child optimiser (Section 4.1)."""
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+def steps_per_epoch(dataset: data_lib.Dataset, cfg: TrainConfig) -> int:
+  """Minibatches per epoch of :func:`fit_classifiers` (the last partial batch is dropped)."""
+  n = dataset.train_images.shape[0]
+  return n // min(cfg.batch_size, n)
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None) -> optax.ScalarOrSchedule:
+  """``cfg.learning_rate`` under ``cfg.lr_schedule`` (see ``TrainConfig``), per optimiser step.
+
+  ``"step"`` divides the rate by 10 at 50% and at 75% of ``cfg.epochs`` (DenseNet's recipe, which
+  the paper's child training follows); ``"cosine"`` decays it to 0 over the epochs.
+  """
+  if cfg.lr_schedule == "constant":
+    return cfg.learning_rate
+  if cfg.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"config.child.lr_schedule={cfg.lr_schedule!r}: one of {LR_SCHEDULES}")
+  if not steps_per_epoch:
+    raise ValueError(f"lr_schedule={cfg.lr_schedule!r} needs the number of steps per epoch")
+  total = cfg.epochs * steps_per_epoch
+  if cfg.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(cfg.learning_rate, total)
+  return optax.piecewise_constant_schedule(
+      cfg.learning_rate, {(cfg.epochs // 2) * steps_per_epoch: 0.1,
+                          (cfg.epochs * 3 // 4) * steps_per_epoch: 0.1})
+
+
+def make_optimizer(cfg: TrainConfig,
+                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum and weight decay: the paper's child optimiser (Section 4.1).
+
+  The learning rate follows ``cfg.lr_schedule`` (:func:`learning_rate`); a schedule other than
+  ``"constant"`` needs ``steps_per_epoch``.
+  """
   return optax.chain(
       optax.add_decayed_weights(cfg.weight_decay),
-      optax.sgd(cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov))
+      optax.sgd(learning_rate(cfg, steps_per_epoch), momentum=cfg.momentum,
+                nesterov=cfg.nesterov))
 
 
 def children_mesh(devices: Sequence) -> jax.sharding.Mesh:
@@ -114,7 +149,8 @@ class Programs(NamedTuple):
 
 
 def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augment: bool, *,
-                        children: bool = False, devices: Sequence = ()) -> Programs:
+                        children: bool = False, devices: Sequence = (),
+                        steps_per_epoch: int | None = None) -> Programs:
   """Jitted init / train step / eval step of an image classifier given as pure functions.
 
   Args:
@@ -127,12 +163,14 @@ def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augme
     children: vmap every program over a leading children axis (``init_input``, ``arch``, keys,
       batch indices and the state have it; the images, labels and step do not).
     devices: with ``children``, split the children axis over these devices (:func:`children_map`).
+    steps_per_epoch: minibatches per epoch (:func:`steps_per_epoch`), for a learning-rate
+      schedule other than ``"constant"``.
 
   Returns:
     :class:`Programs`. A step computes the softmax cross-entropy of one batch of
     ``images[idx_B]`` and one update of :func:`make_optimizer`; the train step donates its state.
   """
-  tx = make_optimizer(cfg)
+  tx = make_optimizer(cfg, steps_per_epoch)
 
   def init_state(key, init_input):
     params, batch_stats = init(key, init_input)
