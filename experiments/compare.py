@@ -1,43 +1,82 @@
-"""Compares searches side by side (e.g. REINFORCE vs random search at the same budget).
+"""Compares searchers over several seeds (e.g. REINFORCE vs random search at the same budget).
 
-  python experiments/compare.py --workdirs /tmp/nas_digits,/tmp/nas_digits_random
+  python experiments/compare.py --group reinforce=/tmp/a0,/tmp/a1,/tmp/a2 \
+      --group random=/tmp/r0,/tmp/r1,/tmp/r2 --json /tmp/cmp.json --plot /tmp/cmp.png
+  python experiments/compare.py --workdirs /tmp/nas_digits,/tmp/nas_digits_random  # one run each
 
-Prints a markdown table of budget, mean reward of the first / last quarter of the architectures,
-mean of the top-1/5/15 rewards and the best architecture; ``--json FILE`` writes the same numbers.
+Prints a markdown table, one row per group (searcher): the mean over its seeds, +- the half-width
+of the 95% t-interval (a group of one seed: one run, no interval), of the top-1/5/15 mean reward of
+unique architectures (deduplicated by tokens, failed children left out), the mean reward of the
+first and last quarter, the share of failed children, wall time, unique architectures and the best
+value of the children's metric. ``--json FILE`` writes the numbers (per group and per workdir),
+``--plot FILE.png`` the top-k curves (the paper's Fig. 6). See
+``nas_jax.tools.analysis.compare_groups``.
 """
 
 import json
 import sys
 
-from absl import app, flags
+import matplotlib
 
-from nas_jax.tools import analysis
+matplotlib.use("Agg")
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated search workdirs.")
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+from nas_jax.tools import analysis  # pylint: disable=g-import-not-at-top
+
+_GROUP = flags.DEFINE_multi_string(
+    "group", [], "NAME=WORKDIR,WORKDIR,...: one searcher's runs, one workdir per seed; repeat the "
+    "flag for each searcher.")
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated search workdirs, each a group of "
+                              "one (one run).")
+_BUDGET = flags.DEFINE_integer("budget", None, "Compare the first N architectures of each workdir "
+                               "(default: all; they must then have the same number).")
 _JSON = flags.DEFINE_string("json", "", "Optional path for the numbers as JSON.")
-flags.mark_flag_as_required("workdirs")
+_PLOT = flags.DEFINE_string("plot", "", "Optional path for the top-k curves (PNG).")
+
+
+def _fail(msg: str):
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _groups() -> dict[str, list[str]]:
+  groups = {}
+  for spec in _GROUP.value:
+    name, sep, dirs = spec.partition("=")
+    workdirs = [d for d in dirs.split(",") if d]
+    if not sep or not name or not workdirs:
+      _fail(f"--group {spec!r}: expected NAME=WORKDIR,WORKDIR,... "
+            "(e.g. --group reinforce=/tmp/a0,/tmp/a1)")
+    if name in groups:
+      _fail(f"--group {name}: given twice; list all its workdirs in one --group")
+    groups[name] = workdirs
+  for w in _WORKDIRS.value or ():
+    if w in groups:
+      _fail(f"--workdirs {w}: given twice")
+    groups[w] = [w]
+  if not groups:
+    _fail("give --group NAME=WORKDIR,... (repeatable) or --workdirs WORKDIR,...")
+  return groups
 
 
 def main(argv):
-  del argv
-  results = {}
-  for w in _WORKDIRS.value:
-    try:
-      rows = analysis.load_history(w)
-    except FileNotFoundError:
-      sys.exit(f"error: --workdirs: no history.jsonl in {w}; run experiments/search.py there first")
-    results[w] = analysis.summarize(rows, metric=analysis.load_metric(w))
-  keys = [k for k in next(iter(results.values())) if k != "best_description"]
-  print("| workdir | " + " | ".join(keys) + " |")
-  print("|---" * (len(keys) + 1) + "|")
-  for w, s in results.items():
-    cells = [f"{s[k]:.4f}" if isinstance(s[k], float) else str(s[k]) for k in keys]
-    print(f"| {w} | " + " | ".join(cells) + " |")
-  for w, s in results.items():
-    print(f"best in {w}: {s.get('best_description', '-')}")
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}; use --group, --workdirs, --budget, --json, --plot")
+  flag = "/".join(f for f, v in (("--group", _GROUP.value), ("--workdirs", _WORKDIRS.value)) if v)
+  try:
+    loaded = analysis.load_groups(_groups(), _BUDGET.value)
+  except analysis.CompareError as e:
+    _fail(f"{flag}: {e}")
+  result = analysis.compare_groups(loaded)
+  print(analysis.comparison_markdown(result))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump(results, f, indent=1)
+      json.dump(result, f, indent=1)
+  if _PLOT.value:
+    from nas_jax.tools import plots  # pylint: disable=import-outside-toplevel
+    plots.plot_topk_groups({name: [r["rows"] for r in runs] for name, runs in loaded.runs.items()},
+                           ks=result["ks"], path=_PLOT.value)
 
 
 if __name__ == "__main__":

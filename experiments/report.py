@@ -4,7 +4,10 @@
 
 Writes ``report.md``, ``rewards.png``, ``best.png`` (for a space with a diagram) and (with
 ``--random_workdir``) ``topk.png`` into ``--out`` (default: the workdir); nothing else there is
-touched. The space and the children's metric come from the workdir's ``config.json``. See
+touched. The space and the children's metric come from the workdir's ``config.json``. The
+summary's top-k means count unique architectures (the paper's Fig. 6); when the workdir has
+``retrain/metrics.json`` (``experiments/train_child.py``), a "Retrained from scratch" table shows
+each retrained child's search reward, validation and test accuracy, parameters and FLOPs. See
 ``nas_jax/tools/report.py``.
 """
 

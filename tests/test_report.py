@@ -24,7 +24,7 @@ def _row(step, index, arch, space, reward, *, failed=False, **metrics):
   """A history row as nas_jax.core.search writes it."""
   return {"step": step, "index": index,
           "num_layers": len(arch.layers) if isinstance(arch, cnn.CNNArch) else arch.base,
-          "tokens": [0, 1], "arch": base.to_json(arch), "description": space.describe(arch),
+          "tokens": [step, index], "arch": base.to_json(arch), "description": space.describe(arch),
           "reward": reward, "val_accuracy": metrics.pop("val_accuracy", 0.0),
           "val_accuracies": [], **metrics, "param_count": 1000 + index, "seconds": 0.1,
           "failed": failed, "error": "perplexity is not finite" if failed else ""}
@@ -124,16 +124,19 @@ def _check_png(path):
     assert f.read(8) == PNG_MAGIC
 
 
-def test_topk_curve_by_hand():
-  r = [0.5, 0.2, 0.9, 0.1, 0.7]
-  np.testing.assert_allclose(plots.topk_curve(r, 1), [0.5, 0.5, 0.9, 0.9, 0.9])
-  np.testing.assert_allclose(plots.topk_curve(r, 2), [0.5, 0.35, 0.7, 0.7, 0.8])
-  np.testing.assert_allclose(plots.topk_curve(r, 10), np.cumsum(r) / np.arange(1, 6))
-  # a non-finite reward counts as 0; nothing is NaN
-  np.testing.assert_allclose(plots.topk_curve([np.nan, 0.4, 0.2], 2), [0.0, 0.2, 0.3])
-  assert plots.topk_curve([], 5).shape == (0,)
+def test_unique_topk_curve_by_hand():
+  # rows as the search writes them: tokens identify an architecture, failed children have reward 0
+  rows = [{"tokens": [t], "reward": r, "failed": f}
+          for t, r, f in ((0, 0.5, False), (1, 0.2, False), (0, 0.9, False), (2, 0.0, True),
+                          (3, 0.7, False))]
+  # architecture 0 sampled twice counts once (best reward 0.9); the failed child is left out
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 1), [0.5, 0.5, 0.9, 0.9, 0.9])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2), [0.5, 0.35, 0.55, 0.55, 0.8])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 10),
+                             [0.5, 0.35, 0.55, 0.55, (0.9 + 0.2 + 0.7) / 3])
+  assert analysis.unique_topk_curve([], 5).shape == (0,)
   with pytest.raises(ValueError):
-    plots.topk_curve(r, 0)
+    analysis.unique_topk_curve(rows, 0)
 
 
 def test_report_cnn_pair(cnn_workdirs, tmp_path):
@@ -151,7 +154,8 @@ def test_report_cnn_pair(cnn_workdirs, tmp_path):
   first = _top_rows(text)[0]
   assert cnn.CNNSpace().describe(BEST_CNN) in first and "0.9500" in first
   assert "| reinforce | random |" in text  # the summary's two columns
-  assert "top15_mean_reward" in text
+  assert "top15_mean_reward" in text and "unique architectures" in text
+  assert "Retrained from scratch" not in text  # no retrain/metrics.json
 
 
 def test_report_cell_default_out(cell_workdir):
@@ -422,3 +426,41 @@ def test_report_of_a_user_space_with_a_diagram(tmp_path, monkeypatch):
             open(os.path.join(path, "config.json"), "w"))
   text = open(report.write_report(path)).read()
   assert "No diagram: cannot import no_such_module_xyz.WidthSpace" in text
+
+
+def _retrain_metrics(source):
+  """``retrain/metrics.json`` as experiments/train_child.py writes it (its documented contract)."""
+  child = lambda rank, desc, reward, val, test, params, flops: {
+      "rank": rank, "tokens": [0, 1], "arch": {}, "description": desc, "search_reward": reward,
+      "val_accuracy": val, "test_accuracy": test, "val_accuracies": [val], "param_count": params,
+      "flops": flops, "seconds": 12.5}
+  return {"config": {"child": {"epochs": 20, "momentum": 0.9}, "seed": 3, "top": 2},
+          "source_workdir": source,
+          "children": [child(2, "0:5x5x24<img", 0.81, 0.97, 0.962, 23456, 4_560_000),
+                       child(1, "0:3x3x16<img", 0.95, 0.985, None, 1234, 789)]}
+
+
+def test_report_shows_retrained_children(cnn_workdirs, tmp_path):
+  main, _ = cnn_workdirs
+  os.makedirs(os.path.join(main, "retrain"))
+  with open(os.path.join(main, "retrain", "metrics.json"), "w") as f:
+    json.dump(_retrain_metrics(main), f)
+  out = tmp_path / "out"
+  text = open(report.write_report(main, out_dir=str(out))).read()
+  section = text.split("## Retrained from scratch")[1]
+  assert "| rank | description | search reward | val acc | test acc | params | FLOPs |" in section
+  rows = [l for l in section.splitlines() if l.startswith("| ") and l[2].isdigit()]
+  assert rows == ["| 1 | `0:3x3x16<img` | 0.9500 | 0.9850 | – | 1,234 | 789 |",
+                  "| 2 | `0:5x5x24<img` | 0.8100 | 0.9700 | 0.9620 | 23,456 | 4.56 M |"]
+  assert "`child.epochs=20`" in section and "`seed=3`" in section
+  assert "taken from the search" not in section  # source_workdir is this workdir
+  assert sorted(os.listdir(out)) == ["best.png", "report.md", "rewards.png"]
+  assert len(_top_rows(text)) == 10  # the top-architectures table is unchanged
+  # another source, and a file that is not the contract's: said in the report, no crash
+  with open(os.path.join(main, "retrain", "metrics.json"), "w") as f:
+    json.dump(_retrain_metrics("/elsewhere"), f)
+  assert "taken from the search in `/elsewhere`" in open(report.write_report(main)).read()
+  with open(os.path.join(main, "retrain", "metrics.json"), "w") as f:
+    f.write('{"children": 3}')
+  text = open(report.write_report(main)).read()
+  assert "retrain/metrics.json could not be read" in text

@@ -1,9 +1,18 @@
-"""Reading a search's history and comparing searchers (e.g. REINFORCE vs random search)."""
+"""Reading a search's history and comparing searchers (e.g. REINFORCE vs random search).
+
+* :func:`load_history`, :func:`summarize`: one search; its top-k means count unique architectures
+  (:func:`unique_rewards`: by ``tokens``, failed children left out), as the paper's Fig. 6 counts
+  models, and :func:`unique_topk_curve` is Fig. 6's curve of one run;
+* :func:`load_groups`, :func:`compare_groups`, :func:`comparison_markdown`: several searchers, each
+  over several seeds, as means with 95% t-intervals (``experiments/compare.py``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -87,33 +96,390 @@ def best_row(rows: list[dict]) -> dict | None:
   return max(ok, key=lambda r: r["reward"]) if ok else None
 
 
+def arch_key(row: dict) -> str:
+  """The identity of a row's architecture: its tokens (two samples of one architecture share it)."""
+  return json.dumps(row["tokens"])
+
+
+def unique_rewards(rows: list[dict]) -> dict[str, float]:
+  """Each architecture's reward, keyed by :func:`arch_key`, over the children that did not fail.
+
+  An architecture sampled more than once counts once, with its best reward (its children are
+  retrained at each sample, so the rewards of one architecture differ by training noise).
+  """
+  out: dict[str, float] = {}
+  for r in rows:
+    if not r["failed"]:
+      key, v = arch_key(r), float(r["reward"])
+      if key not in out or v > out[key]:
+        out[key] = v
+  return out
+
+
 def top_k_mean(rewards, k: int) -> float:
-  """Mean of the k largest rewards (fewer if fewer exist)."""
+  """Mean of the k largest of ``rewards`` (fewer if fewer exist; NaN if none), duplicates and all.
+
+  For the paper's top-k of a search (Fig. 6, unique models) use :func:`unique_top_k_mean`.
+  """
   r = np.sort(np.asarray(rewards, np.float64))[::-1][:k]
   return float(r.mean()) if r.size else float("nan")
 
 
+def unique_top_k_mean(rows: list[dict], k: int) -> float:
+  """Mean reward of the k best unique architectures (:func:`unique_rewards`: deduplicated by
+  tokens, failed children left out); fewer if fewer exist, NaN if none."""
+  return top_k_mean(list(unique_rewards(rows).values()), k)
+
+
+def unique_topk_curve(rows: list[dict], k: int) -> np.ndarray:
+  """For n = 1..len(rows): :func:`unique_top_k_mean` of the first n rows (the paper's Fig. 6).
+
+  n counts every architecture sampled, duplicates and failed children included; the mean is over
+  the best ``min(k, u_n)`` of the u_n unique architectures that did not fail among them (NaN while
+  u_n = 0). O(len(rows) * k).
+  """
+  if int(k) < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  k = int(k)
+  best: dict[str, float] = {}
+  top: dict[str, float] = {}  # the k best architectures so far; an architecture's value only rises
+  out = np.full(len(rows), np.nan)
+  for n, r in enumerate(rows):
+    if not r["failed"]:
+      key, v = arch_key(r), float(r["reward"])
+      if key not in best or v > best[key]:
+        best[key] = v
+        if key in top or len(top) < k:
+          top[key] = v
+        else:
+          worst = min(top, key=top.get)
+          if v > top[worst]:
+            del top[worst]
+            top[key] = v
+    if top:
+      out[n] = math.fsum(top.values()) / len(top)
+  return out
+
+
+def unique_count_curve(rows: list[dict]) -> np.ndarray:
+  """For n = 1..len(rows): how many unique architectures that did not fail the first n hold."""
+  seen: set[str] = set()
+  out = np.zeros(len(rows), np.int64)
+  for n, r in enumerate(rows):
+    if not r["failed"]:
+      seen.add(arch_key(r))
+    out[n] = len(seen)
+  return out
+
+
+def wall_seconds(rows: list[dict], steps: list[dict] | None) -> tuple[float, str]:
+  """The search's wall time and where it comes from.
+
+  The sum of ``seconds`` of the rows of ``steps.jsonl`` (controller, children and checkpoint of
+  each step) up to the step of the last row of ``rows`` (``"steps.jsonl"``); without them, the
+  sum of the children's training ``seconds`` (``"children"``: the controller's time is missing).
+  """
+  last = max((r["step"] for r in rows), default=-1)
+  timed = [s for s in steps or () if s.get("step", 0) <= last and s.get("seconds") is not None]
+  if timed:
+    return float(math.fsum(s["seconds"] for s in timed)), "steps.jsonl"
+  return float(math.fsum(r.get("seconds") or 0.0 for r in rows)), "children"
+
+
 def summarize(rows: list[dict], ks=(1, 5, 15), metric: base.Metric = base.ACCURACY) -> dict:
-  """Budget, reward statistics of the first and last quarter, the top-k means, and the best
-  value of ``metric`` (for a metric to minimise such as perplexity, also its top-5 mean)."""
+  """Budget, failures, reward statistics of the first and last quarter, the top-k means of unique
+  architectures, and the best value of ``metric`` (for a metric to minimise such as perplexity,
+  also its top-5 mean over unique architectures).
+
+  ``top{k}_mean_reward`` is :func:`unique_top_k_mean` (as the paper's Fig. 6 counts models: an
+  architecture sampled twice counts once, with its best reward; failed children left out);
+  ``unique_architectures`` counts distinct ``tokens``. The quarter means are over every row
+  (a failed child's reward, 0, included: that is what the searcher got).
+  """
   rewards = [r["reward"] for r in rows]
   q = max(1, len(rewards) // 4)
-  out = {"architectures": len(rows), "failed": sum(r["failed"] for r in rows),
+  failed = sum(r["failed"] for r in rows)
+  out = {"architectures": len(rows), "failed": failed,
+         "failed_share": failed / len(rows) if rows else float("nan"),
          "mean_reward_first_quarter": float(np.mean(rewards[:q])) if rewards else float("nan"),
          "mean_reward_last_quarter": float(np.mean(rewards[-q:])) if rewards else float("nan"),
-         "distinct_architectures": len({json.dumps(r["arch"], sort_keys=True) for r in rows})}
+         "unique_architectures": len({arch_key(r) for r in rows})}
+  unique = sorted(unique_rewards(rows).values(), reverse=True)
   for k in ks:
-    out[f"top{k}_mean_reward"] = top_k_mean(rewards, k)
+    out[f"top{k}_mean_reward"] = top_k_mean(unique, k)
   best = best_row(rows)
   if metric.higher_is_better:
     if best and best.get(metric.name) is not None:
       out[f"best_{metric.name}"] = best[metric.name]
   else:  # the paper compares the perplexities themselves
-    values = sorted(r[metric.name] for r in rows
-                    if not r["failed"] and r.get(metric.name) is not None)
+    per_arch: dict[str, float] = {}
+    for r in rows:
+      if not r["failed"] and r.get(metric.name) is not None:
+        key = arch_key(r)
+        per_arch[key] = min(per_arch.get(key, math.inf), r[metric.name])
+    values = sorted(per_arch.values())
     if values:
       out[f"best_{metric.name}"] = values[0]
       out[f"top5_mean_{metric.name}"] = float(np.mean(values[:5]))
   if best:
     out["best_description"] = best["description"]
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Several seeds per searcher
+
+
+INTERVAL = ("95% t-interval over seeds (mean ± t(0.975, n−1)·s/√n, s the sample standard "
+            "deviation)")
+"""What the comparison's intervals are."""
+
+
+class CompareError(ValueError):
+  """Workdirs that cannot be compared (metrics or budgets differ, a history is missing)."""
+
+
+def t_band(values_SxN, confidence: float = 0.95):
+  """Mean over axis 0 (S seeds) and the two-sided Student-t interval of the mean.
+
+  ``mean ± t_{(1+confidence)/2, S-1} * s / sqrt(S)`` with ``s`` the sample standard deviation
+  (ddof 1). With S = 1 the bounds are NaN (one run has no interval).
+
+  Returns:
+    ``(mean_N, lo_N, hi_N)`` arrays (scalars for a 1-D input).
+  """
+  from scipy import stats  # pylint: disable=import-outside-toplevel  # scipy comes with sklearn
+  v = np.asarray(values_SxN, np.float64)
+  s = v.shape[0]
+  mean = v.mean(axis=0)
+  if s < 2:
+    nan = np.full_like(mean, np.nan)
+    return mean, nan, nan.copy()
+  half = stats.t.ppf((1 + confidence) / 2, s - 1) * v.std(axis=0, ddof=1) / math.sqrt(s)
+  return mean, mean - half, mean + half
+
+
+def t_interval(values, confidence: float = 0.95) -> dict:
+  """``{"mean", "lo", "hi", "n", "values"}`` of :func:`t_band` over the values (one per seed);
+  ``lo`` and ``hi`` are None for one value (one run: no interval)."""
+  values = [float(v) for v in values]
+  if not values:
+    return {"mean": float("nan"), "lo": None, "hi": None, "n": 0, "values": []}
+  mean, lo, hi = (float(x) for x in t_band(values, confidence))
+  one = len(values) < 2
+  return {"mean": mean, "lo": None if one else lo, "hi": None if one else hi, "n": len(values),
+          "values": values}
+
+
+def load_steps(workdir: str) -> list[dict] | None:
+  """The rows of ``workdir/steps.jsonl``; None if there is none (older versions wrote none)."""
+  path = os.path.join(workdir, "steps.jsonl")
+  return read_history(path) if os.path.exists(path) else None
+
+
+def _config(workdir: str) -> dict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def group_stat_keys(metric: base.Metric, ks=(1, 5, 15)) -> list[str]:
+  """The keys :func:`compare_groups` aggregates over seeds, in table order."""
+  keys = [f"top{k}_mean_reward" for k in ks]
+  keys += ["mean_reward_first_quarter", "mean_reward_last_quarter", "failed_share",
+           "wall_seconds", "unique_architectures", f"best_{metric.name}"]
+  if not metric.higher_is_better:
+    keys.append(f"top5_mean_{metric.name}")
+  return keys
+
+
+class Groups(NamedTuple):
+  """Workdirs loaded for :func:`compare_groups` (:func:`load_groups`).
+
+  Attributes:
+    metric: the children's metric, the same in every workdir.
+    budget: the number of architectures compared per workdir (each run's first ``budget``).
+    runs: group name -> one ``{"workdir", "rows" (the first ``budget``), "steps", "config"}`` per
+      workdir.
+  """
+  metric: base.Metric
+  budget: int
+  runs: dict[str, list[dict]]
+
+
+def load_groups(groups: dict[str, Sequence[str]], budget: int | None = None) -> Groups:
+  """Reads the workdirs of each group (a searcher's seeds) and checks that they compare.
+
+  Args:
+    groups: name (e.g. the searcher) -> its workdirs, one per seed.
+    budget: compare the first ``budget`` architectures of each workdir (each must have that many);
+      None: every workdir must have the same number.
+
+  Raises:
+    CompareError: a group without workdirs, a workdir without history, metrics that differ
+      (``metric.name`` in ``config.json``, :func:`load_metric`), budgets that differ. The message
+      names the groups and workdirs.
+  """
+  if not groups:
+    raise CompareError("no groups given")
+  runs: dict[str, list[dict]] = {}
+  for name, workdirs in groups.items():
+    if not workdirs:
+      raise CompareError(f"group {name!r} has no workdirs")
+    runs[name] = []
+    for w in workdirs:
+      if not os.path.isfile(os.path.join(w, "history.jsonl")):
+        raise CompareError(f"group {name!r}: no history.jsonl in {w}; run experiments/search.py "
+                           "there first")
+      config = _config(w)
+      metric = load_metric(w) if config else base.ACCURACY
+      runs[name].append({"workdir": w, "rows": load_history(w), "steps": load_steps(w),
+                         "config": config, "metric": metric})
+  every = [(name, r) for name, rs in runs.items() for r in rs]
+  name0, r0 = every[0]
+  for name, r in every:
+    if r["metric"] != r0["metric"]:
+      raise CompareError(
+          f"the metrics differ: group {name0!r} ({r0['workdir']}) ranks children by "
+          f"{r0['metric'].name}, group {name!r} ({r['workdir']}) by {r['metric'].name}; compare "
+          "searches of one kind of child")
+  if budget is None:
+    budget = len(r0["rows"])
+    for name, r in every:
+      if len(r["rows"]) != budget:
+        raise CompareError(
+            f"the budgets differ: group {name0!r} ({r0['workdir']}) has {budget} architectures, "
+            f"group {name!r} ({r['workdir']}) {len(r['rows'])}; compare the first N of each "
+            "(budget N, compare.py --budget N)")
+  for name, r in every:
+    if len(r["rows"]) < budget:
+      raise CompareError(f"group {name!r}: {r['workdir']} has {len(r['rows'])} architectures, "
+                         f"fewer than the budget {budget}")
+    r["rows"] = r["rows"][:budget]
+  if budget < 1:
+    raise CompareError(f"group {name0!r}: {r0['workdir']} has no architectures yet")
+  return Groups(r0["metric"], budget, runs)
+
+
+def _group_notes(group: list[dict]) -> list[str]:
+  """What makes a group's seeds less than independent runs of one searcher."""
+  notes = []
+  workdirs = [os.path.realpath(r["workdir"]) for r in group]
+  if len(set(workdirs)) < len(workdirs):
+    notes.append("a workdir is listed more than once")
+  seeds = [r["config"].get("seed") for r in group if r["config"].get("seed") is not None]
+  if len(set(seeds)) < len(seeds) and len(set(workdirs)) == len(workdirs):
+    notes.append(f"the seeds repeat ({', '.join(map(str, seeds))})")
+  searchers = {r["config"].get("search.searcher") for r in group} - {None}
+  if len(searchers) > 1:
+    notes.append(f"it mixes searchers ({', '.join(sorted(searchers))})")
+  return notes
+
+
+def compare_groups(loaded: Groups, ks=(1, 5, 15)) -> dict:
+  """Summaries of several searchers, each run over several seeds, as JSON-friendly numbers.
+
+  Each workdir gets :func:`summarize` (top-k of unique architectures, failed children left out)
+  and :func:`wall_seconds`; each group the mean and :data:`INTERVAL` of every
+  :func:`group_stat_keys` value over its seeds (:func:`t_interval`; one workdir: one run, no
+  interval).
+
+  Args:
+    loaded: :func:`load_groups` of the workdirs.
+    ks: the top-k sizes.
+
+  Returns:
+    ``{"metric": {"name", "higher_is_better"}, "budget", "interval", "ks", "groups": {name:
+    {"workdirs", "seeds" (from config.json), "searchers", "runs" (one summary per workdir),
+    "interval" (or "one run"), "notes" (repeated seeds or workdirs, mixed searchers),
+    "stats": {key: {"mean", "lo", "hi", "n", "values"}}}}}``.
+  """
+  keys = group_stat_keys(loaded.metric, ks)
+  out = {"metric": {"name": loaded.metric.name,
+                    "higher_is_better": loaded.metric.higher_is_better},
+         "budget": loaded.budget, "interval": INTERVAL, "ks": list(ks), "groups": {}}
+  for name, group in loaded.runs.items():
+    runs = []
+    for r in group:
+      s = summarize(r["rows"], ks, loaded.metric)
+      s["wall_seconds"], s["wall_seconds_from"] = wall_seconds(r["rows"], r["steps"])
+      best = best_row(r["rows"])
+      s["best_reward"] = float(best["reward"]) if best else None
+      runs.append({"workdir": r["workdir"], **s})
+    out["groups"][name] = {
+        "workdirs": [r["workdir"] for r in group],
+        "seeds": [r["config"].get("seed") for r in group],
+        "searchers": sorted({str(r["config"].get("search.searcher")) for r in group}),
+        "runs": runs,
+        "interval": INTERVAL if len(group) > 1 else "one run (no interval)",
+        "notes": _group_notes(group),
+        "stats": {k: t_interval([r[k] for r in runs if r.get(k) is not None]) for k in keys}}
+  return out
+
+
+def _duration(seconds: float) -> str:
+  seconds = round(seconds)
+  if seconds < 60:
+    return f"{seconds} s"
+  if seconds < 3600:
+    return f"{seconds // 60} min {seconds % 60} s"
+  return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _cell(key: str, stat: dict) -> str:
+  """``mean ± half-width`` of one group's value (``mean`` alone for one run)."""
+  if not stat["n"] or not math.isfinite(stat["mean"]):
+    return "–"
+  m = stat["mean"]
+  half = None if stat["lo"] is None else (stat["hi"] - stat["lo"]) / 2
+  if key == "wall_seconds":
+    fmt = _duration
+  elif key == "failed_share":
+    fmt = lambda v: f"{100 * v:.1f}%"
+  elif key == "unique_architectures":
+    fmt = lambda v: f"{v:.0f}" if half is None and float(v).is_integer() else f"{v:.1f}"
+  else:
+    fmt = lambda v: f"{v:.4f}"
+  return fmt(m) + ("" if half is None or not math.isfinite(half) else f" ± {fmt(half)}")
+
+
+def comparison_markdown(result: dict) -> str:
+  """The markdown table of :func:`compare_groups` (one row per group) and the lines under it."""
+  budget, metric = result["budget"], result["metric"]
+  q = max(1, budget // 4)
+  labels = {"top1_mean_reward": "top-1", "mean_reward_first_quarter": f"mean reward, first {q}",
+            "mean_reward_last_quarter": f"mean reward, last {q}", "failed_share": "failed",
+            "wall_seconds": "wall time", "unique_architectures": "unique architectures",
+            f"best_{metric['name']}": f"best {metric['name'].replace('_', ' ')}",
+            f"top5_mean_{metric['name']}": f"top-5 mean {metric['name'].replace('_', ' ')}"}
+  labels.update({f"top{k}_mean_reward": f"top-{k} mean" for k in result["ks"] if k != 1})
+  keys = list(next(iter(result["groups"].values()))["stats"])
+  lines = ["| searcher | seeds | " + " | ".join(labels.get(k, k) for k in keys) + " |",
+           "|---" * (len(keys) + 2) + "|"]
+  for name, g in result["groups"].items():
+    n = len(g["runs"])
+    seeds = f"{n}" if n > 1 else "1 (one run)"
+    lines.append(f"| {name} | {seeds} | " + " | ".join(_cell(k, g["stats"][k]) for k in keys)
+                 + " |")
+  sources = {r["wall_seconds_from"] for g in result["groups"].values() for r in g["runs"]}
+  wall = ("the sum of the steps' seconds in steps.jsonl" if sources == {"steps.jsonl"} else
+          "the steps' seconds in steps.jsonl, or the children's training seconds where a workdir "
+          "has no steps.jsonl")
+  ks = "/".join(str(k) for k in result["ks"])
+  lines += ["", f"{budget} architectures per run. top-{ks}: mean reward of the k best unique "
+            "architectures (deduplicated by tokens, each with its best reward; failed children "
+            "left out), as the paper's Fig. 6 counts models. ± is the half-width of the "
+            f"{INTERVAL}; a group of one seed is one run, with no interval. Failed: share of the "
+            f"children that failed or diverged. Wall time: {wall}."]
+  for name, g in result["groups"].items():
+    if g.get("notes"):
+      lines.append(f"Note: group {name}: " + "; ".join(g["notes"]) + ".")
+  for name, g in result["groups"].items():
+    best = max((r for r in g["runs"] if r.get("best_description")),
+               key=lambda r: r["best_reward"], default=None)
+    if best:
+      lines.append(f"best in {name}: {best['best_description']} (reward "
+                   f"{best['best_reward']:.4f}, {best['workdir']})")
+  return "\n".join(lines)

@@ -3,8 +3,11 @@
 * :func:`plot_rewards`: reward of every architecture in evaluation order, failed children, the
   controller's baseline (``steps.jsonl``, REINFORCE only) and a moving average
   (:func:`moving_average`);
-* :func:`plot_topk` / :func:`topk_curve`: the mean of the top-k rewards among the first n
-  architectures vs n, one line per searcher (:func:`run_styles`: random search dashed).
+* :func:`plot_topk`: the mean reward of the top-k unique architectures among the first n vs n
+  (:func:`nas_jax.tools.analysis.unique_topk_curve`), one line per run (:func:`run_styles`:
+  random search dashed);
+* :func:`plot_topk_groups`: the same over several seeds per searcher: the mean over seeds with
+  its 95% t-interval shaded, one colour per searcher, one panel per k.
 
 The figures are :class:`matplotlib.figure.Figure` objects made without ``pyplot``: nothing global
 changes (a notebook's backend stays as it is) and nothing has to be closed.
@@ -13,13 +16,14 @@ changes (a notebook's backend stays as it is) and nothing has to be closed.
 from __future__ import annotations
 
 import collections
-import heapq
-import math
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from nas_jax.tools import analysis
 
 DPI = 110
 """Resolution of the saved PNGs."""
@@ -46,27 +50,6 @@ def moving_average(values, window: int) -> np.ndarray:
   n = np.arange(1, v.size + 1)
   lo = np.maximum(0, n - window)
   return (c[n] - c[lo]) / (n - lo)
-
-
-def topk_curve(rewards, k: int) -> np.ndarray:
-  """For n = 1..len(rewards): the mean of the top ``min(k, n)`` rewards among the first n.
-
-  Non-finite rewards count as 0 (the search records a failed child with reward 0). The result has
-  the length of ``rewards`` and no NaN.
-  """
-  if int(k) < 1:
-    raise ValueError(f"k must be >= 1, got {k}")
-  k = int(k)
-  r = _finite(rewards)
-  out = np.empty(r.size, np.float64)
-  heap: list[float] = []  # the top-k so far (a min-heap)
-  for n, v in enumerate(r.tolist()):
-    if len(heap) < k:
-      heapq.heappush(heap, v)
-    elif v > heap[0]:
-      heapq.heapreplace(heap, v)
-    out[n] = math.fsum(heap) / len(heap)
-  return out
 
 
 def plot_rewards(rows: Sequence[dict], steps: Sequence[dict] | None = None, path: str | None = None,
@@ -166,14 +149,22 @@ def style_legend(labels: Sequence[str]) -> str:
                    f"{l}" for l in labels)
 
 
+def _faint_until(rows: Sequence[dict], k: int) -> int:
+  """The number of first rows with fewer than k unique architectures that did not fail."""
+  return int(np.searchsorted(analysis.unique_count_curve(list(rows)), k))
+
+
 def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
               path: str | None = None, *, title: str | None = None) -> Figure:
-  """The mean of the top-k rewards among the first n architectures vs n (paper, Fig. 6).
+  """The mean reward of the top-k unique architectures among the first n vs n (paper, Fig. 6).
 
-  One color per k, one line style per run (a label with "random" in it is dashed, the others
-  solid); the part n < k (the mean of all n so far) is faint. With exactly two runs a second
-  panel shows the first run's curve minus the second's, over their common length (the paper's
-  Fig. 6 plots this difference, controller minus random).
+  The curves are :func:`nas_jax.tools.analysis.unique_topk_curve`: an architecture sampled twice
+  counts once (with its best reward), failed children are left out, n counts every architecture
+  sampled. One color per k, one line style per run (a label with "random" in it is dashed, the
+  others solid); where fewer than k unique architectures exist yet (the mean of those there are)
+  the line is faint. With exactly two runs a second panel shows the first run's curve minus the
+  second's, over their common length (the paper's Fig. 6 plots this difference, controller minus
+  random). For several seeds per searcher see :func:`plot_topk_groups`.
 
   Args:
     runs: label -> history rows (in evaluation order).
@@ -189,37 +180,95 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
     ax, dax = fig.add_subplot(), None
   styles = run_styles(labels)
   colors = [f"C{i}" for i in range(len(ks))]
-  curves = {}
+  curves, faint = {}, {}
   for label in labels:
-    rewards = [r.get("reward", 0.0) for r in runs[label]]
-    n = np.arange(1, len(rewards) + 1)
+    rows = list(runs[label])
+    n = np.arange(1, len(rows) + 1)
     for k, c in zip(ks, colors):
-      curves[label, k] = topk_curve(rewards, k) if rewards else np.zeros(0)
-      # n < k: the mean of all n so far (fewer than k exist), drawn faint
-      ax.plot(n[:k], curves[label, k][:k], color=c, ls=styles[label], lw=1.0, alpha=0.35)
-      ax.plot(n[k - 1:], curves[label, k][k - 1:], color=c, ls=styles[label], lw=1.5)
-  ax.set_ylabel("mean of the top-k rewards")
+      curves[label, k] = analysis.unique_topk_curve(rows, k)
+      f = faint[label, k] = _faint_until(rows, k)
+      ax.plot(n[:f + 1], curves[label, k][:f + 1], color=c, ls=styles[label], lw=1.0, alpha=0.35)
+      ax.plot(n[f:], curves[label, k][f:], color=c, ls=styles[label], lw=1.5)
+  ax.set_ylabel("mean reward of the top-k unique")
   ax.grid(alpha=0.3)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   k_handles = [Line2D([], [], color=c, lw=2, label=f"top-{k}") for k, c in zip(ks, colors)]
   run_handles = [Line2D([], [], color="black", ls=styles[l], lw=1.5, label=l) for l in labels]
-  leg = ax.legend(handles=k_handles, loc="lower right", fontsize=8, title="k", title_fontsize=8)
+  leg = ax.legend(handles=k_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                  title="k", title_fontsize=8, frameon=False)
   ax.add_artist(leg)
-  ax.legend(handles=run_handles, loc="lower center", fontsize=8, title="searcher",
-            title_fontsize=8)
-  ax.set_title(title or "Top-k mean reward among the first n architectures")
+  ax.legend(handles=run_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8,
+            title="searcher", title_fontsize=8, frameon=False)
+  ax.set_title(title or "Top-k unique architectures: mean reward among the first n")
   if dax is not None:
     a, b = labels
     for k, c in zip(ks, colors):
       m = min(len(curves[a, k]), len(curves[b, k]))
       n, diff = np.arange(1, m + 1), curves[a, k][:m] - curves[b, k][:m]
-      dax.plot(n[:k], diff[:k], color=c, lw=1.0, alpha=0.35)
-      dax.plot(n[k - 1:], diff[k - 1:], color=c, lw=1.5)
+      f = min(max(faint[a, k], faint[b, k]), m)
+      dax.plot(n[:f + 1], diff[:f + 1], color=c, lw=1.0, alpha=0.35)
+      dax.plot(n[f:], diff[f:], color=c, lw=1.5)
     dax.axhline(0, color="black", lw=0.8)
     dax.set_ylabel(f"{a} − {b}", fontsize=9)
     dax.grid(alpha=0.3)
-    dax.set_xlabel("number of architectures evaluated (n)")
+    dax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    dax.set_xlabel("number of architectures sampled (n)")
   else:
-    ax.set_xlabel("number of architectures evaluated (n)")
+    ax.set_xlabel("number of architectures sampled (n)")
+  if path:
+    fig.savefig(path, dpi=DPI)
+  return fig
+
+
+def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[int] = (1, 5, 15),
+                     path: str | None = None, *, title: str | None = None) -> Figure:
+  """Fig. 6 over seeds: top-k unique reward vs architectures sampled, mean and 95% t-interval.
+
+  For each searcher (group) and k: :func:`nas_jax.tools.analysis.unique_topk_curve` of each seed's
+  history, their mean over seeds, and the pointwise t-interval of that mean shaded
+  (:func:`nas_jax.tools.analysis.t_band`; a group of one seed: one run, its line alone). One panel
+  per k; one colour per searcher, with a line style per searcher as well (:func:`run_styles`:
+  random search dashed), so that curves which coincide stay visible; the legend sits outside the
+  panels.
+
+  Args:
+    groups: searcher -> one list of history rows per seed (each in evaluation order, ideally of one
+      length: the curves are cut to the shortest).
+    ks: the k values, one panel each.
+    path: if given, the figure is saved there (PNG).
+  """
+  labels = list(groups)
+  fig = Figure(figsize=(3.4 * len(ks) + 1.8, 3.6), dpi=DPI, layout="constrained")
+  axes = np.atleast_1d(fig.subplots(1, len(ks), sharex=True, squeeze=False)[0])
+  styles = run_styles(labels)
+  colors = {l: f"C{i % 10}" for i, l in enumerate(labels)}
+  handles = []
+  for gi, label in enumerate(labels):
+    seeds = [list(rows) for rows in groups[label]]
+    m = min(len(r) for r in seeds) if seeds else 0
+    n = np.arange(1, m + 1)
+    for ax, k in zip(axes, ks):
+      curves = np.stack([analysis.unique_topk_curve(r[:m], k) for r in seeds]) if m else (
+          np.zeros((1, 0)))
+      mean, lo, hi = analysis.t_band(curves)
+      if len(seeds) > 1:
+        ax.fill_between(n, lo, hi, color=colors[label], alpha=0.18, linewidth=0, zorder=2)
+      # later searchers drawn thinner on top: coinciding curves show both colours
+      ax.plot(n, mean, color=colors[label], ls=styles[label], lw=2.0 - 0.3 * min(gi, 3),
+              zorder=3 + gi)
+    seeds_text = f"{len(seeds)} seeds" if len(seeds) > 1 else "one run"
+    handles.append(Line2D([], [], color=colors[label], ls=styles[label], lw=2,
+                          label=f"{label} ({seeds_text})"))
+  for ax, k in zip(axes, ks):
+    ax.set_title(f"top-{k}", fontsize=10)
+    ax.set_xlabel("architectures sampled")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("mean reward of the top-k unique")
+  fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False,
+             title="searcher (band: 95% t-interval)", title_fontsize=8)
+  fig.suptitle(title or "Top-k unique architectures vs architectures sampled (mean over seeds)",
+               fontsize=11)
   if path:
     fig.savefig(path, dpi=DPI)
   return fig

@@ -1,8 +1,10 @@
 """The markdown report of a search's workdir (``experiments/report.py`` is the CLI).
 
-:func:`write_report` writes ``report.md``: the config, ``analysis.summarize`` of each history, the
-curves of :mod:`nas_jax.tools.plots`, the best architecture with the space's own diagram
-(``space.diagram(space.from_json(row["arch"]))``) and the top architectures.
+:func:`write_report` writes ``report.md``: the config, ``analysis.summarize`` of each history (its
+top-k over unique architectures), the curves of :mod:`nas_jax.tools.plots`, the best architecture
+with the space's own diagram (``space.diagram(space.from_json(row["arch"]))``), the top
+architectures and, when the workdir has ``retrain/metrics.json`` (``experiments/train_child.py``),
+the top architectures retrained from scratch (:func:`load_retrain`).
 
 The report never guesses what a run was: :func:`run_space` reads it from ``config.json``.
 ``search_space.module`` and ``search_space.class`` name the space's class, the other
@@ -165,6 +167,43 @@ def top_architectures(rows: Sequence[dict], n: int = 10,
   return sorted(ok, key=key)[:n]
 
 
+RETRAIN_FILE = os.path.join("retrain", "metrics.json")
+"""Where ``experiments/train_child.py`` writes the retrained children, relative to the workdir."""
+
+RETRAIN_CHILD_KEYS = ("rank", "tokens", "arch", "description", "search_reward", "val_accuracy",
+                      "test_accuracy", "val_accuracies", "param_count", "flops", "seconds")
+"""The keys of each of ``retrain/metrics.json``'s ``children``."""
+
+
+def load_retrain(workdir: str) -> dict | None:
+  """``workdir/retrain/metrics.json`` (the top architectures of the search trained again from
+  scratch, by ``experiments/train_child.py``); None if there is none.
+
+  The file is ``{"config": {...}, "source_workdir": str or null, "children": [{"rank",
+  "description", "search_reward", "val_accuracy", "test_accuracy", "param_count", "flops", ...}]}``
+  (:data:`RETRAIN_CHILD_KEYS`); the children come back sorted by rank. Missing values are None.
+
+  Raises:
+    ValueError: the file is not JSON or not of that form.
+  """
+  path = os.path.join(workdir, RETRAIN_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not JSON ({e})") from None
+  if not (isinstance(data, dict) and isinstance(data.get("children"), list)
+          and all(isinstance(c, dict) for c in data["children"])):
+    raise ValueError(f"{path} has no list of children (a dict with a \"children\" list)")
+  children = [{k: c.get(k) for k in RETRAIN_CHILD_KEYS} | c for c in data["children"]]
+  children.sort(key=lambda c: (not isinstance(c["rank"], int), c["rank"]
+                               if isinstance(c["rank"], int) else 0))
+  config = data.get("config") if isinstance(data.get("config"), dict) else {}
+  return {"config": config, "source_workdir": data.get("source_workdir"), "children": children}
+
+
 # ----------------------------------------------------------------------------------------------
 # The best architecture's diagram
 
@@ -237,6 +276,67 @@ def _fmt(v) -> str:
   if isinstance(v, int):
     return f"{v:,}"
   return str(v)
+
+
+def _flops(v) -> str:
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    return "–"
+  for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(v) >= scale:
+      return f"{v / scale:.3g} {unit}"
+  return f"{v:.0f}"
+
+
+def _number(v):
+  """A finite number, or None (the retrain file's values may be null or missing)."""
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    return None
+  return v
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _retrain_section(workdir: str) -> list[str]:
+  """The "Retrained from scratch" section (``retrain/metrics.json``), or [] without the file."""
+  try:
+    data = load_retrain(workdir)
+  except (OSError, ValueError) as e:
+    return ["", "## Retrained from scratch", "", f"({RETRAIN_FILE} could not be read: {e}.)"]
+  if data is None:
+    return []
+  md = ["", "## Retrained from scratch", ""]
+  config = _flat(data["config"])
+  shown = [f"`{k}={config[k]}`" for k in ("data.name", "child.epochs", "child.batch_size",
+                                           "child.learning_rate", "seed", "split_seed")
+           if k in config]
+  intro = (f"The top architectures of the search trained again from scratch "
+           f"(`experiments/train_child.py`, `{RETRAIN_FILE}`"
+           + (f"; {', '.join(shown)}" if shown else "") + ").")
+  source = data["source_workdir"]
+  if source and os.path.realpath(source) != os.path.realpath(workdir):
+    intro += f" They were taken from the search in `{source}`."
+  md += [intro, ""]
+  if not data["children"]:
+    md.append("The file lists no children.")
+    return md
+  table = []
+  for c in data["children"]:
+    score = lambda v: _fmt(None if _number(v) is None else float(v))
+    params = _number(c["param_count"])
+    table.append([_fmt(c["rank"]), f"`{c.get('description') or ''}`",
+                  score(c["search_reward"]), score(c["val_accuracy"]), score(c["test_accuracy"]),
+                  _fmt(None if params is None else int(params)), _flops(c["flops"])])
+  md.append(_md_table(["rank", "description", "search reward", "val acc", "test acc", "params",
+                       "FLOPs"], table))
+  return md
 
 
 def _md_escape(text: str) -> str:
@@ -374,7 +474,10 @@ def write_report(workdir: str, random_workdir: str | None = None,
   if notes:
     md += ["", "Note: " + "; ".join(notes) + "."]
 
-  md += ["", "## Summary", "", "`nas_jax.tools.analysis.summarize` of each history:", ""]
+  md += ["", "## Summary", "",
+         "`nas_jax.tools.analysis.summarize` of each history. `top{k}_mean_reward` is the mean "
+         "reward of the k best unique architectures (deduplicated by tokens, each with its best "
+         "reward; failed children left out), as the paper's Fig. 6 counts models:", ""]
   sums = [analysis.summarize(r["rows"], **({"metric": s.metric} if s.metric else {}))
           for r, s in zip(runs, spaces)]
   keys = [k for k in sums[0] if k != "best_description"]
@@ -397,10 +500,11 @@ def write_report(workdir: str, random_workdir: str | None = None,
   if len(runs) > 1:
     plots.plot_topk({l: r["rows"] for l, r in zip(labels, runs)},
                     path=os.path.join(out_dir, "topk.png"),
-                    title="Top-k mean reward among the first n architectures")
+                    title="Top-k unique architectures: mean reward among the first n")
     md += ["", "## Top-k rewards vs architectures evaluated", "",
-           f"For k = 1, 5, 15: the mean of the k best rewards among the first n architectures "
-           f"(as Fig. 6 of Zoph & Le, 2017); {plots.style_legend(labels)}. The lower "
+           f"For k = 1, 5, 15: the mean reward of the k best unique architectures among the first "
+           f"n sampled (as Fig. 6 of Zoph & Le, 2017: an architecture sampled twice counts once, "
+           f"failed children are left out); {plots.style_legend(labels)}. The lower "
            f"panel is the difference {labels[0]} − {labels[1]}.", "", "![top-k](topk.png)"]
 
   top = top_architectures(rows, 10, rs.metric)
@@ -439,6 +543,7 @@ def write_report(workdir: str, random_workdir: str | None = None,
                  + [_fmt(r.get("param_count")), f"`{r.get('description', '')}`"])
   md.append(_md_table(["#", "step.child", "reward"] + ([label] if label else [])
                       + ["params", "description"], table))
+  md += _retrain_section(workdir)
   md.append("")
 
   path = os.path.join(out_dir, "report.md")

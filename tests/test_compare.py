@@ -1,0 +1,206 @@
+"""Comparing searchers over seeds: unique top-k, t-intervals, the table, the JSON and the plot."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from nas_jax.spaces import base
+from nas_jax.tools import analysis, plots
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T_975_2DF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (4.303)
+
+
+def _row(i, tokens, reward, *, failed=False, m=2, seconds=1.0):
+  """A history row in the form nas_jax.core.search writes (experiments/search.py, :quick)."""
+  return {"step": i // m, "index": i % m, "num_layers": 1, "tokens": list(tokens),
+          "arch": {"layers": [{"filter_height": 3, "filter_width": 3, "stride_height": 1,
+                               "stride_width": 1, "num_filters": 8, "inputs": []}],
+                   "convs_per_layer": 1, "pool_after_layers": []},
+          "description": f"arch{''.join(map(str, tokens))}", "reward": 0.0 if failed else reward,
+          "val_accuracy": 0.0 if failed else reward ** (1 / 3), "val_accuracies": [],
+          "param_count": 100, "seconds": seconds, "failed": failed,
+          "error": "loss is not finite" if failed else ""}
+
+
+def _write(path, rows, *, searcher="reinforce", seed=0, metric=base.ACCURACY, m=2,
+           step_seconds=10.0):
+  os.makedirs(path)
+  with open(os.path.join(path, "history.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  steps = [{"step": s, "num_layers": 1, "children": m, "reward_mean": 0.5, "reward_max": 0.5,
+            "entropy": 1.0, "controller_seconds": 0.1, "children_seconds": step_seconds - 0.1,
+            "seconds": step_seconds} for s in range(math.ceil(len(rows) / m))]
+  with open(os.path.join(path, "steps.jsonl"), "w") as f:
+    f.writelines(json.dumps(s) + "\n" for s in steps)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump({"search.searcher": searcher, "seed": seed, "search_space.name": "cnn",
+               "search_space.module": "nas_jax.spaces.cnn", "search_space.class": "CNNSpace",
+               "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better,
+               "search.children_per_step": m}, f)
+  return path
+
+
+def _seed_rows(top):
+  """8 rows whose unique top-1 is ``top``: one architecture sampled twice, one failure."""
+  return [_row(0, (0,), 0.2), _row(1, (1,), top), _row(2, (1,), top - 0.05),  # (1,) twice
+          _row(3, (2,), 0.0, failed=True), _row(4, (3,), 0.4), _row(5, (4,), 0.3),
+          _row(6, (5,), 0.1), _row(7, (6,), 0.5)]
+
+
+@pytest.fixture
+def groups(tmp_path):
+  a = [_write(str(tmp_path / f"a{s}"), _seed_rows(top), seed=s)
+       for s, top in enumerate((0.8, 0.9, 1.0))]
+  r = [_write(str(tmp_path / "r0"), _seed_rows(0.6), searcher="random")]
+  return {"reinforce": a, "random": r}
+
+
+def test_duplicates_count_once():
+  rows = [_row(0, (1, 2), 0.9), _row(1, (1, 2), 0.7), _row(2, (3,), 0.5),
+          _row(3, (4,), 0.95, failed=True), _row(4, (5,), 0.3)]
+  # unique, best reward each: {(1,2): 0.9, (3,): 0.5, (5,): 0.3}; the failed child is left out
+  assert analysis.unique_rewards(rows) == {"[1, 2]": 0.9, "[3]": 0.5, "[5]": 0.3}
+  s = analysis.summarize(rows)
+  assert s["top1_mean_reward"] == 0.9
+  assert s["top5_mean_reward"] == pytest.approx((0.9 + 0.5 + 0.3) / 3)  # not (0.9 + 0.7 + ...)
+  assert s["unique_architectures"] == 4 and s["failed"] == 1 and s["failed_share"] == 0.2
+  assert analysis.top_k_mean([r["reward"] for r in rows], 2) == pytest.approx(0.8)  # non-unique
+  # the curve: n counts every row sampled, the mean is over the unique ones so far
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2), [0.9, 0.9, 0.7, 0.7, 0.7])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 5),
+                             [0.9, 0.9, 0.7, 0.7, (0.9 + 0.5 + 0.3) / 3])
+  np.testing.assert_array_equal(analysis.unique_count_curve(rows), [1, 1, 2, 2, 3])
+  # a re-sample that beats the first evaluation raises the architecture's value
+  rows2 = [_row(0, (1,), 0.5), _row(1, (2,), 0.6), _row(2, (1,), 0.8)]
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 1), [0.5, 0.6, 0.8])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 2), [0.5, 0.55, 0.7])
+  # no successful child yet: NaN
+  curve = analysis.unique_topk_curve([_row(0, (1,), 0, failed=True), _row(1, (2,), 0.4)], 3)
+  assert math.isnan(curve[0]) and curve[1] == 0.4
+  with pytest.raises(ValueError):
+    analysis.unique_topk_curve(rows, 0)
+
+
+def test_unique_perplexity_top5():
+  rows = [_row(0, (1,), 0.5), _row(1, (1,), 0.4), _row(2, (2,), 0.3)]
+  for r, ppl in zip(rows, (10.0, 12.0, 20.0)):
+    r["val_ppl"] = ppl
+  s = analysis.summarize(rows, metric=base.PERPLEXITY)
+  assert s["best_val_ppl"] == 10.0 and s["top5_mean_val_ppl"] == 15.0  # (10 + 20) / 2
+
+
+def test_interval_math():
+  iv = analysis.t_interval([0.8, 0.9, 1.0])
+  half = T_975_2DF * 0.1 / math.sqrt(3)  # s = 0.1
+  assert iv["mean"] == pytest.approx(0.9) and iv["n"] == 3
+  assert iv["lo"] == pytest.approx(0.9 - half) and iv["hi"] == pytest.approx(0.9 + half)
+  one = analysis.t_interval([0.7])
+  assert one["mean"] == 0.7 and one["lo"] is None and one["hi"] is None
+  mean, lo, hi = analysis.t_band([[1.0, 2.0], [3.0, 2.0]])
+  np.testing.assert_allclose(mean, [2.0, 2.0])
+  half = 12.706204736174698 * math.sqrt(2.0) / math.sqrt(2)  # t(0.975, 1 df); s = sqrt(2)
+  np.testing.assert_allclose(lo, [2.0 - half, 2.0])
+  np.testing.assert_allclose(hi, [2.0 + half, 2.0])
+
+
+def test_compare_groups(groups):
+  loaded = analysis.load_groups(groups)
+  assert loaded.budget == 8 and loaded.metric == base.ACCURACY
+  res = analysis.compare_groups(loaded)
+  g = res["groups"]["reinforce"]
+  top1 = g["stats"]["top1_mean_reward"]
+  assert top1["values"] == pytest.approx([0.8, 0.9, 1.0])
+  assert top1["lo"] == pytest.approx(0.9 - T_975_2DF * 0.1 / math.sqrt(3))
+  # top-5 of seed 0: unique {0.8, 0.5, 0.4, 0.3, 0.2} (0.75 is a re-sample of the 0.8)
+  assert g["runs"][0]["top5_mean_reward"] == pytest.approx(0.44)
+  assert g["stats"]["unique_architectures"]["mean"] == 7  # 8 rows, one architecture twice
+  assert g["stats"]["failed_share"]["mean"] == pytest.approx(1 / 8)
+  assert g["stats"]["wall_seconds"]["mean"] == 40.0  # 4 steps x 10 s (steps.jsonl)
+  assert g["runs"][0]["wall_seconds_from"] == "steps.jsonl"
+  assert g["seeds"] == [0, 1, 2] and g["searchers"] == ["reinforce"] and g["notes"] == []
+  assert res["groups"]["random"]["stats"]["top1_mean_reward"]["lo"] is None  # one run
+  assert res["groups"]["random"]["interval"].startswith("one run")
+  assert g["interval"] == analysis.INTERVAL
+  q = res["groups"]["random"]["runs"][0]
+  assert q["mean_reward_first_quarter"] == pytest.approx(0.4)  # (0.2 + 0.6) / 2
+  assert q["mean_reward_last_quarter"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
+  assert q["best_val_accuracy"] == pytest.approx(0.6 ** (1 / 3))
+  json.dumps(res)  # JSON-friendly
+  md = analysis.comparison_markdown(res)
+  line = next(l for l in md.splitlines() if l.startswith("| reinforce |"))
+  assert f"| 0.9000 ± {T_975_2DF * 0.1 / math.sqrt(3):.4f} |" in line and "| 3 |" in line
+  assert "| random | 1 (one run) | 0.6000 |" in md and "95% t-interval" in md
+  assert "40 s" in line and "12.5%" in line
+
+
+def test_wall_time_without_steps():
+  rows = [_row(i, (i,), 0.5, seconds=2.5) for i in range(4)]
+  assert analysis.wall_seconds(rows, None) == (10.0, "children")
+  steps = [{"step": 0, "seconds": 3.0}, {"step": 1, "seconds": 4.0}, {"step": 2, "seconds": 9.0}]
+  assert analysis.wall_seconds(rows, steps) == (7.0, "steps.jsonl")  # rows end at step 1
+
+
+def test_mismatches_are_errors(groups, tmp_path):
+  ppl = _write(str(tmp_path / "p0"), _seed_rows(0.5), metric=base.PERPLEXITY)
+  with pytest.raises(analysis.CompareError, match="metrics differ.*'ppl'.*val_ppl"):
+    analysis.load_groups({**groups, "ppl": [ppl]})
+  short = _write(str(tmp_path / "s0"), _seed_rows(0.5)[:6])
+  with pytest.raises(analysis.CompareError, match="budgets differ.*'short'"):
+    analysis.load_groups({**groups, "short": [short]})
+  loaded = analysis.load_groups({**groups, "short": [short]}, budget=6)
+  assert loaded.budget == 6 and all(len(r["rows"]) == 6 for rs in loaded.runs.values()
+                                    for r in rs)
+  with pytest.raises(analysis.CompareError, match="fewer than the budget 7"):
+    analysis.load_groups({"short": [short]}, budget=7)
+  with pytest.raises(analysis.CompareError, match="no history.jsonl"):
+    analysis.load_groups({"x": [str(tmp_path / "nope")]})
+  notes = analysis.compare_groups(analysis.load_groups(
+      {"twice": [groups["reinforce"][0]] * 2}))["groups"]["twice"]["notes"]
+  assert notes == ["a workdir is listed more than once"]
+
+
+def test_plot_topk_groups(groups, tmp_path):
+  loaded = analysis.load_groups(groups)
+  path = str(tmp_path / "fig6.png")
+  fig = plots.plot_topk_groups({n: [r["rows"] for r in rs] for n, rs in loaded.runs.items()},
+                               path=path)
+  assert isinstance(fig, Figure) and len(fig.axes) == 3
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # the single-run plot draws unique top-k too: its top-1 line ends at the unique best
+  fig = plots.plot_topk({"reinforce": loaded.runs["reinforce"][0]["rows"]}, ks=(5,))
+  ys = [l.get_ydata() for l in fig.axes[0].lines]
+  assert ys[-1][-1] == pytest.approx(0.44)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "compare.py"), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli(groups, tmp_path):
+  out_json, out_png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+  res = _cli(f"--group=reinforce={','.join(groups['reinforce'])}",
+             f"--group=random={groups['random'][0]}", f"--json={out_json}", f"--plot={out_png}")
+  assert res.returncode == 0, res.stderr
+  assert "| reinforce | 3 | 0.9000 ±" in res.stdout and "| random | 1 (one run) |" in res.stdout
+  data = json.load(open(out_json))
+  assert data["budget"] == 8 and data["metric"]["name"] == "val_accuracy"
+  assert data["groups"]["reinforce"]["stats"]["top1_mean_reward"]["values"] == pytest.approx(
+      [0.8, 0.9, 1.0])
+  assert open(out_png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  # the old --workdirs (each workdir a group of one run); mismatched metrics: one line naming
+  # the flag and both groups
+  ppl = _write(str(tmp_path / "p0"), _seed_rows(0.5), metric=base.PERPLEXITY)
+  res = _cli(f"--workdirs={groups['reinforce'][0]},{ppl}")
+  assert res.returncode == 2 and not res.stdout
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --workdirs: the metrics differ")
+  assert f"group {groups['reinforce'][0]!r}" in lines[0] and f"group {ppl!r}" in lines[0]
