@@ -10,19 +10,21 @@ With ``--distributed`` or ``--coordinator_address`` the search runs in a child p
 (``nas_jax/core/supervisor.py``), so that a lost peer process ends in one line and exit code 3.
 """
 
-import importlib.util
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nas_jax import runtime
+from nas_jax.core import supervisor  # the standard library only, as nas_jax and nas_jax.core
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (history, checkpoints).")
 _CACHE = flags.DEFINE_string(
-    "compilation_cache_dir", os.path.expanduser("~/.cache/nas_jax/jax_cache"),
-    "JAX persistent compilation cache (compiled children are reused across runs); '' disables.")
+    "compilation_cache_dir", runtime.COMPILATION_CACHE_DIR,
+    "JAX persistent compilation cache (compiled children are reused across runs); '' disables. "
+    "Default: $NAS_JAX_COMPILATION_CACHE_DIR, else ~/.cache/nas_jax/jax_cache.")
 _TUNE_MALLOC = flags.DEFINE_bool(
     "tune_malloc", True, "Keep freed memory in the heap (glibc) so that large buffers are reused "
     "without page faults; faster CPU training (nas_jax.runtime.tune_malloc).")
@@ -46,9 +48,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _TUNE_MALLOC.value:
-    from nas_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.tune_malloc()
-  from nas_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.show_search_progress(set_verbosity=False)  # none of orbax's INFO lines
   import jax  # pylint: disable=g-import-not-at-top
   if _CACHE.value:
@@ -103,17 +103,7 @@ def _last_line(e: BaseException) -> str:
   return lines[-1] if lines else type(e).__name__
 
 
-def _supervisor():
-  """nas_jax/core/supervisor.py, loaded alone: the nas_jax package would import JAX."""
-  package = importlib.util.find_spec("nas_jax")
-  path = os.path.join(package.submodule_search_locations[0], "core", "supervisor.py")
-  spec = importlib.util.spec_from_file_location("_nas_jax_supervisor", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 if __name__ == "__main__":
-  if "--nosupervise" not in sys.argv and (supervisor := _supervisor()).wanted(sys.argv):
+  if "--nosupervise" not in sys.argv and supervisor.wanted(sys.argv):
     sys.exit(supervisor.supervise([sys.executable, *sys.orig_argv[1:], "--nosupervise"]))
   app.run(main, flags_parser=_parse_flags)

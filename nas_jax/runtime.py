@@ -14,7 +14,13 @@ The cost: the process keeps its peak heap size instead of shrinking after a larg
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+
+# The experiment scripts' --compilation_cache_dir default; the environment variable moves it (a
+# shared or scratch disk, or one cache for a whole test session).
+COMPILATION_CACHE_DIR = os.environ.get("NAS_JAX_COMPILATION_CACHE_DIR",
+                                       os.path.expanduser("~/.cache/nas_jax/jax_cache"))
 
 _M_TRIM_THRESHOLD = -1   # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4

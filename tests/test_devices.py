@@ -24,7 +24,7 @@ def _search(workdir, num_devices: int, device_count: int = 8):
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "experiments", "search.py"),
        "--config", "experiments/configs/cnn_digits.py:quick", f"--workdir={workdir}",
-       "--compilation_cache_dir=", "--config.search.children_per_step=4",
+       "--config.search.children_per_step=4",
        f"--config.child.num_devices={num_devices}"],
       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
   assert out.returncode == 0, out.stderr[-3000:]

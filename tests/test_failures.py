@@ -321,8 +321,7 @@ def test_cli_errors_leave_a_workdir_of_another_search_byte_identical(tmp_path):
   before = _tree(workdir)
   assert {"config.json", "history.jsonl", "steps.jsonl", "summary.json"} <= set(before)
   assert any(p.startswith("checkpoints") for p in before)
-  base = ["--config", "experiments/configs/cnn_digits.py:quick", f"--workdir={workdir}",
-          "--compilation_cache_dir="]
+  base = ["--config", "experiments/configs/cnn_digits.py:quick", f"--workdir={workdir}"]
   for override, message in [
       ("--config.child.epochs=2", "holds a search with a different config (config.child.epochs"),
       ("--config.search_space.num_filters=()", "config.search_space.num_filters: empty choice"),
@@ -342,7 +341,7 @@ def test_cli_errors_leave_a_workdir_of_another_search_byte_identical(tmp_path):
     ("experiments/configs/cnn_digits.py:tiny", "unknown argument 'tiny'"),
 ])
 def test_cli_bad_config_file_is_one_line(tmp_path, config, message):
-  out = _cli("--config", config, f"--workdir={tmp_path / 'w'}", "--compilation_cache_dir=")
+  out = _cli("--config", config, f"--workdir={tmp_path / 'w'}")
   assert out.returncode != 0
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: flag --config") and message in last, out.stderr[-2000:]

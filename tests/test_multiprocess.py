@@ -13,7 +13,7 @@ import pytest
 from nas_jax.core.supervisor import PEER_LOST_EXIT_CODE
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-_ARGS = ["--config", "experiments/configs/cnn_digits.py:quick", "--compilation_cache_dir=",
+_ARGS = ["--config", "experiments/configs/cnn_digits.py:quick",
          "--config.search.children_per_step=4"]
 
 
@@ -165,3 +165,42 @@ def test_large_values_travel_in_chunks(monkeypatch):
                                   "nas_jax/run9/start/info#1", "nas_jax/run9/start/info#2"]
   assert distributed.Cluster(1, 2, "nas_jax/run9").fetch("start/info", timeout_s=1) == big
   assert cluster.fetch("empty", timeout_s=1) == b""
+
+
+_FATAL_LINE = ("F1202 00:12:34.567890   4321 client.h:77] Terminating process because the JAX "
+               "distributed service detected fatal errors. absl::Status: UNAVAILABLE: The "
+               "following tasks are unhealthy (stopped sending heartbeats):\n"
+               "/job:jax_worker/replica:0/task:1\nThe tasks have crashed.")
+
+
+def _supervised(child_code: str):
+  """Runs ``child_code`` in a child of supervisor.supervise (in a fresh process: a child killed by
+  a signal kills its supervisor with the same signal)."""
+  child = [sys.executable, "-c", child_code]
+  return subprocess.run(
+      [sys.executable, "-c", "import sys; from nas_jax.core import supervisor; "
+       f"sys.exit(supervisor.supervise({child!r}))"],
+      capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("crash", ["SIGABRT", "SIGSEGV"])
+def test_jax_abort_after_a_lost_peer_is_one_line_even_when_a_thread_crashes_on_the_way(crash):
+  """After JAX's fatal line the child dies of SIGABRT, or of SIGSEGV when another thread crashes
+  while the process is torn down (seen in CI): both are the lost peer, in one line."""
+  out = _supervised(
+      "import faulthandler, os, signal, sys; faulthandler.enable(); print('step 1/50', "
+      f"file=sys.stderr, flush=True); sys.stderr.write({_FATAL_LINE!r} + '\\n'); "
+      f"sys.stderr.flush(); os.kill(os.getpid(), signal.{crash})")
+  assert out.returncode == PEER_LOST_EXIT_CODE, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert lines[0] == "step 1/50" and len(lines) == 2, out.stderr
+  assert lines[1].startswith("error: lost contact with the other processes (process 1 stopped "
+                             "sending heartbeats)"), lines[1]
+
+
+def test_a_crash_without_jax_abort_is_passed_on_as_it_is():
+  out = _supervised("import faulthandler, os, signal; faulthandler.enable(); "
+                    "os.kill(os.getpid(), signal.SIGSEGV)")
+  assert out.returncode == -signal.SIGSEGV
+  assert "Fatal Python error: Segmentation fault" in out.stderr
+  assert "error: lost contact" not in out.stderr

@@ -248,8 +248,7 @@ def test_cli_missing_cifar10_is_one_clear_line(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
-  args = ["--config", "experiments/configs/cnn_digits.py:quick", "--config.search.num_steps=3",
-          f"--compilation_cache_dir={tmp_path / 'cache'}"]
+  args = ["--config", "experiments/configs/cnn_digits.py:quick", "--config.search.num_steps=3"]
   whole = tmp_path / "whole"
   out = _cli(*args, f"--workdir={whole}")
   assert out.returncode == 0, out.stderr[-3000:]

@@ -174,7 +174,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes_exactly(tmp_path, whole, 
 @pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_exit_130_then_resumes(tmp_path):
   args = ["experiments/search.py", "--config", "experiments/configs/cnn_digits.py:quick",
-          "--config.search.num_steps=3", f"--compilation_cache_dir={tmp_path / 'cache'}",
+          "--config.search.num_steps=3",
           f"--workdir={tmp_path / 'w'}"]
   proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

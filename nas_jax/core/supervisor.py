@@ -32,6 +32,7 @@ _COORDINATION_LINE = re.compile(rb"[EWF]\d{4} [\d:.]+ +\d+ "
                                 rb"(coordination_service\w*\.cc|client\.h|preemption_sync_manager\.cc)"
                                 rb":\d+\] ")
 _PR_SET_PDEATHSIG = 1
+_CRASH_SIGNALS = (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS)
 
 
 def wanted(argv: list[str]) -> bool:
@@ -69,7 +70,8 @@ def supervise(cmd: list[str]) -> int:
 
   Returns:
     :data:`PEER_LOST_EXIT_CODE` after one ``error:`` line on stderr when JAX aborted the child
-    because another process (or the network) was lost; otherwise the child's exit status. A child
+    because another process (or the network) was lost (the child then dies of SIGABRT, or of a
+    crash in another of its threads while it is torn down); otherwise the child's exit status. A child
     killed by a signal kills this process with the same signal (128 + the signal if it survives).
   """
   prctl = _prctl()
@@ -112,7 +114,8 @@ def supervise(cmd: list[str]) -> int:
       if not events and proc.poll() is not None:  # exited; a grandchild may hold the pipes
         break
   code = proc.wait()
-  peer_lost = code == -signal.SIGABRT and stderr.fatal
+  # JAX aborts (SIGABRT); another thread may crash while the process is torn down (SIGSEGV seen).
+  peer_lost = stderr.fatal and -code in _CRASH_SIGNALS
   stderr.close(show_held=not peer_lost)
   if peer_lost:
     print(f"error: lost contact with the other processes ({stderr.cause()}): a process died or "
@@ -172,7 +175,8 @@ class _Stderr:
     status = text.partition("absl::Status:")[2] or text
     status = status.partition("*** Check failure")[0]
     if "stopped sending heartbeats" in status:
-      tasks = re.findall(r"\d+", status.partition("heartbeats):")[2].partition("The tasks")[0])
+      listed = status.partition("heartbeats):")[2].partition("The tasks")[0]
+      tasks = re.findall(r"task:(\d+)", listed) or re.findall(r"\d+", listed)
       return (f"process {', '.join(tasks)} stopped sending heartbeats" if tasks else
               "a process stopped sending heartbeats")
     if "Failed to send RPC to coordination service" in status or "Socket closed" in status:
