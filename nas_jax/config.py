@@ -62,7 +62,8 @@ PER_HOST = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep
             "search.gather_timeout_s", "search.tensorboard")
 RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
 # Fields added after workdirs were written without them, with the value those workdirs ran with.
-ADDED_FIELDS = {"child.lr_schedule": "constant"}
+ADDED_FIELDS = {"child.lr_schedule": "constant", "lm_child.optimizer": "sgd",
+                "lm_child.weight_decay": 0.0}
 
 
 def run_digest(record: dict[str, Any]) -> str:
@@ -93,8 +94,9 @@ _POSITIVE = ("child.learning_rate", "child.reward_power", "controller.init_scale
 _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
                  "search_space.num_filters", "search_space.strides", "search_space.combinations",
                  "search_space.activations")
-_ENUMS = {"child.executor": ("exact", "vmap"), "child.lr_schedule": trainer.LR_SCHEDULES, "search.searcher": ("reinforce", "random"),
-          "data.level": ("word", "char")}
+_ENUMS = {"child.executor": ("exact", "vmap"), "child.lr_schedule": trainer.LR_SCHEDULES,
+          "search.searcher": ("reinforce", "random"), "data.level": ("word", "char"),
+          "lm_child.optimizer": ("sgd",)}   # cell children train with SGD only (cell_children.py)
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, Any]:

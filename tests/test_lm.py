@@ -1,13 +1,16 @@
 """The language-model trainer: state carry, learning, perplexity, dropout."""
 
+import dataclasses
+import importlib
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from nas_jax.training import lm, ptb
+from nas_jax.training import lm, lm_cells, ptb
 
 OPS = jnp.zeros((0,), jnp.int32)
 
@@ -151,3 +154,129 @@ def test_sparse_embedding_update_equals_the_dense_gradient_step(max_grad_norm, r
 def test_sparse_embedding_needs_an_untied_embedding():
   with pytest.raises(ValueError, match="tie_embeddings"):
     lm.make_train_step(lm.lstm_cell(), lm.LMConfig(tie_embeddings=True), sparse_embedding=True)
+
+
+# --- optimizer, weight decay and the paper-size configs (lm_ptb_medium.py, lm_ptb_nas.py) ---
+
+# One cell object and equal configs: the tests share lm._jitted's compiled steps (compiling
+# dominates their time).
+CELL = lm.lstm_cell()
+SGD = lm.LMConfig(num_layers=1, hidden_size=8, embed_size=8, tie_embeddings=True, batch_size=4,
+                  bptt=10, max_grad_norm=1.0)
+SGD_WD = dataclasses.replace(SGD, weight_decay=0.05)
+ADAM_WD = dataclasses.replace(SGD_WD, optimizer="adam")
+
+
+def _step(cfg, state, x, lr):
+  """One jitted train step (lm._jitted's, which donates its inputs: they are copied)."""
+  state = jax.tree.map(jnp.array, state)
+  out, _, nll = lm._jitted(CELL, cfg)[0](state, OPS, lm.init_carry(CELL, cfg, x.shape[0]), x,
+                                         jnp.roll(x, 1, axis=1), lr, None)
+  return out, nll
+
+
+def _data(cfg):
+  params = lm.init_params(jax.random.key(0), 7, CELL, cfg)
+  return params, jax.random.randint(jax.random.key(1), (cfg.batch_size, cfg.bptt), 0, 7)
+
+
+def test_default_optimizer_is_clipped_sgd_and_weight_decay_is_decoupled():
+  assert (lm.LMConfig().optimizer, lm.LMConfig().weight_decay) == ("sgd", 0.0)
+  params, x = _data(SGD)
+  leaves = lambda t: np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)])
+  p = leaves(params)
+  d1, dh = (p - leaves(_step(SGD, params, x, lr)[0]) for lr in (1.0, 0.5))
+  np.testing.assert_allclose(d1, 2 * dh, atol=1e-6)     # no state: the step is linear in lr
+  assert np.linalg.norm(d1) == pytest.approx(1.0, rel=1e-4)  # clipped to max_grad_norm exactly
+  # Decoupled: the decay term is added after clipping, p <- p - lr * (clip(g) + wd * p).
+  np.testing.assert_allclose(leaves(_step(SGD_WD, params, x, 1.0)[0]), p - d1 - 0.05 * p,
+                             atol=1e-6)
+
+
+def test_adam_step_is_optax_adamw_after_clipping():
+  params, x = _data(ADAM_WD)
+
+  @jax.jit
+  def grads(p):
+    def loss(p):
+      logits, _ = lm.apply(p, OPS, lm.init_carry(CELL, ADAM_WD, x.shape[0]), x, CELL, ADAM_WD)
+      return lm._nll_sum(logits, jnp.roll(x, 1, axis=1)) / x.shape[0]
+    return jax.grad(loss)(p)
+
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.01, weight_decay=0.05))
+  state, ref, opt = lm.init_train_state(params, ADAM_WD), params, tx.init(params)
+  for _ in range(3):
+    state, _ = _step(ADAM_WD, state, x, 0.01)
+    updates, opt = tx.update(grads(ref), opt, ref)
+    ref = optax.apply_updates(ref, updates)
+  assert isinstance(state, lm.AdamState) and int(state.opt_state.count) == 3
+  for q, r in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(q, r, rtol=1e-4, atol=1e-6)
+
+
+def test_adam_and_weight_decay_train_differently_and_decay_shrinks_the_weights():
+  stream = ptb.batchify(tiny_corpus().train[:3001], SGD.batch_size)   # 75 steps
+  params, _ = _data(SGD)
+  runs = {}
+  for name, cfg, lr in [("sgd", SGD, 0.5), ("sgd_wd", SGD_WD, 0.5), ("adam_wd", ADAM_WD, 0.02)]:
+    state, nlls = lm.init_train_state(params, cfg), []
+    for x, _ in ptb.segments(stream, cfg.bptt):
+      state, nll = _step(cfg, state, x, lr)
+      nlls.append(float(nll) / x.size)
+    runs[name] = (lm.state_params(state, cfg), np.mean(nlls[:10]), np.mean(nlls[-10:]))
+  norm = {k: float(optax.tree.norm(p)) for k, (p, _, _) in runs.items()}
+  assert norm["sgd_wd"] < 0.9 * norm["sgd"], norm
+  for name, (_, first, last) in runs.items():   # all learn the cycle (uniform over 7: log 7 = 1.95)
+    assert last < 0.6 * first, (name, first, last)
+  assert runs["adam_wd"][2] != runs["sgd_wd"][2]
+
+
+def test_optimizer_fields_are_checked():
+  with pytest.raises(ValueError, match="optimizer"):
+    lm.LMConfig(optimizer="rmsprop")
+  with pytest.raises(ValueError, match="weight_decay"):
+    lm.LMConfig(weight_decay=-1.0)
+  for kw in (dict(optimizer="adam"), dict(weight_decay=1e-5)):  # both update every embedding row
+    with pytest.raises(ValueError, match="sparse_embedding"):
+      lm.make_train_step(lm.lstm_cell(), lm.LMConfig(**kw), sparse_embedding=True)
+
+
+def _config(name, arg=None):
+  module = importlib.import_module(f"nas_jax.configs.{name}")
+  c = module.get_config(arg)
+  cfg = lm.LMConfig(**c.lm.to_dict())
+  cell, ops, _ = lm_cells.from_name(c.cell, cfg.init_scale)
+  return cfg, cell, ops
+
+
+@pytest.mark.parametrize("name, arg, count", [
+    ("lm_ptb_medium", None, 19_775_200),   # Zaremba et al.'s medium: ~20M (PAPER.md)
+    ("lm_ptb_nas", None, 24_945_040),      # the paper's 25M NAS model, tied embeddings
+    ("lm_ptb_nas", "large", 53_848_400)])  # its 54M one
+def test_paper_size_configs_build_at_their_parameter_counts(name, arg, count):
+  cfg, cell, _ = _config(name, arg)
+  shapes = jax.eval_shape(lambda k: lm.init_params(k, 10_000, cell, cfg), jax.random.key(0))
+  assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == count
+
+
+def test_medium_learning_rate_schedule_of_zaremba():
+  cfg, _, _ = _config("lm_ptb_medium")
+  lrs = [lm.learning_rate(cfg, e) for e in (1, 6, 7, 8, 39)]
+  np.testing.assert_allclose(lrs, [1.0, 1.0, 1 / 1.2, 1 / 1.44, 1.2 ** -33], rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def ptb_word():
+  return ptb.load_ptb("word")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lm_ptb_medium", "lm_ptb_nas"])
+def test_quick_configs_train_far_below_uniform_on_ptb(name, ptb_word):
+  cfg, cell, ops = _config(name, "quick")
+  params = lm.init_params(jax.random.fold_in(jax.random.key(0), 0), len(ptb_word.vocab), cell, cfg)
+  ppl0 = lm.perplexity(params, ops, ptb_word.valid, cell, cfg, cfg.eval_batch_size,
+                       max_tokens=cfg.max_eval_tokens)
+  result = lm.train(ptb_word, cell, cfg, jax.random.key(0), ops=ops, evaluate_test=False)
+  assert 9_000 < ppl0 < 11_000          # uniform over the 10k vocabulary is 10,000
+  assert result.valid_ppl < 0.2 * ppl0, (ppl0, result.valid_ppl)

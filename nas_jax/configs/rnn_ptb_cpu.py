@@ -46,6 +46,9 @@ def get_config(arg: str | None = None):
     c.lm_child.max_eval_tokens = 1_000
     c.search.children_per_step = 2
     c.search.num_steps = 2
+  elif arg == "short":
+    c.search.num_steps = 40
   elif arg:
-    raise ValueError(f"rnn_ptb_cpu config: unknown argument {arg!r}; use ':quick' or nothing")
+    raise ValueError(f"rnn_ptb_cpu config: unknown argument {arg!r}; use ':short', ':quick' or "
+                     "nothing")
   return c

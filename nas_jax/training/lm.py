@@ -4,8 +4,9 @@ The model: embedding -> L recurrent layers (any :class:`Cell`) -> softmax (optio
 the embedding). Regularisation: dropout on the non-recurrent connections as in Zaremba et al.
 (2014), or variational dropout as in Gal & Ghahramani (2016): one mask per sequence for inputs,
 outputs and the recurrent state, plus word-type dropout on the embedding. Training: truncated BPTT
-over contiguous streams with the state carried across segments, SGD with global-norm clipping and
-the learning-rate decay of Zaremba et al.; perplexity on validation and test.
+over contiguous streams with the state carried across segments, SGD (or Adam) with global-norm
+clipping, optional decoupled weight decay and the learning-rate decay of Zaremba et al.; perplexity
+on validation and test.
 
 Speed: each layer's input projection for all T steps is one matmul outside the time loop; only the
 recurrent product runs inside ``lax.scan``. A cell is three pure functions (:class:`Cell`), and the
@@ -76,9 +77,26 @@ def lstm_cell(init_scale: float = 0.1, forget_bias: float = 0.0) -> Cell:
   return Cell(init, project, step, init_carry)
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
-  """Model and training hyperparameters (defaults: Zaremba et al.'s *small* configuration)."""
+  """Model and training hyperparameters (defaults: Zaremba et al.'s *small* configuration).
+
+  The update of one step, with g the gradient clipped to global norm ``max_grad_norm``, lr the
+  epoch's learning rate and wd ``weight_decay``::
+
+    sgd:  p <- p - lr * (g + wd * p)
+    adam: p <- p - lr * (adam(g) + wd * p)     (AdamW: Loshchilov & Hutter 2019; optax.adamw)
+
+  The weight decay is *decoupled*: it is not part of the loss, so it is neither clipped nor (Adam)
+  divided by the second-moment estimate; for SGD it is PyTorch's ``SGD(weight_decay=wd)`` after
+  ``clip_grad_norm_``. Since the loss is summed over the ``bptt`` steps (Zaremba et al.), an L2
+  coefficient ``k`` on a per-token mean loss corresponds to ``wd = bptt * k`` here. It applies to
+  every parameter (biases and embedding too). ``sgd`` with ``wd = 0`` is the update of before these
+  fields existed, bit for bit; ``adam`` and ``wd > 0`` update the embedding densely (every row).
+  """
   num_layers: int = 2
   hidden_size: int = 200
   embed_size: int = 200
@@ -100,6 +118,15 @@ class LMConfig:
   max_eval_tokens: int = 0          # 0 = the whole validation set
   remat_cell: bool = False           # recompute each cell step in the backward pass (jax.checkpoint)
   project_in_scan: bool = False     # input projection per time step inside the scan (not all at once)
+  optimizer: str = "sgd"            # sgd | adam (optax.scale_by_adam, its default b1, b2, eps)
+  weight_decay: float = 0.0         # decoupled: p -= lr * weight_decay * p per step (all params)
+
+  def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"lm.optimizer: unknown optimizer {self.optimizer!r}; use one of "
+                       f"{OPTIMIZERS}")
+    if self.weight_decay < 0:
+      raise ValueError(f"lm.weight_decay: must be >= 0, got {self.weight_decay}")
 
 
 def init_params(key, vocab_size: int, cell: Cell, cfg: LMConfig):
@@ -183,26 +210,56 @@ def _nll_sum(logits_TxBxV, targets_BxT):
   return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_logit)
 
 
-def make_train_step(cell: Cell, cfg: LMConfig, sparse_embedding: bool | None = None):
-  """(params, ops, carry, inputs, targets, lr, key) -> (params, carry, nll_sum).
+class AdamState(NamedTuple):
+  """The train step's state under ``optimizer="adam"`` (under SGD it is the params alone)."""
+  params: Any
+  opt_state: Any
 
-  The loss is Zaremba et al.'s: summed over time steps, averaged over the batch; SGD with the
-  gradient clipped to global norm ``max_grad_norm``. Not jitted: jit (or vmap, then jit) it.
+
+def _adam() -> optax.GradientTransformation:
+  return optax.scale_by_adam()
+
+
+def init_train_state(params, cfg: LMConfig):
+  """What :func:`make_train_step` threads: ``params`` (SGD) or ``AdamState(params, moments)``."""
+  return params if cfg.optimizer == "sgd" else AdamState(params, _adam().init(params))
+
+
+def state_params(state, cfg: LMConfig):
+  """The parameters inside a train state (:func:`init_train_state`)."""
+  return state if cfg.optimizer == "sgd" else state.params
+
+
+def make_train_step(cell: Cell, cfg: LMConfig, sparse_embedding: bool | None = None):
+  """(state, ops, carry, inputs, targets, lr, key) -> (state, carry, nll_sum).
+
+  ``state`` is :func:`init_train_state`'s: the params under SGD, ``AdamState`` under Adam.
+  The loss is Zaremba et al.'s: summed over time steps, averaged over the batch; the gradient is
+  clipped to global norm ``max_grad_norm``, then the update of :class:`LMConfig`'s docstring.
+  Not jitted: jit (or vmap, then jit) it.
 
   With an untied embedding the step never forms the dense (V x E) embedding gradient: it takes the
   gradient of the B*T looked-up rows, sums the rows of each distinct word (that sum *is* the dense
   gradient's row, so the clipping norm is unchanged) and adds the update to those rows only
-  (``sparse_embedding``: default True unless the embedding is tied to the softmax).
+  (``sparse_embedding``: default True for SGD without weight decay and an untied embedding; Adam
+  and weight decay move every row).
   """
+  dense_only = cfg.optimizer != "sgd" or cfg.weight_decay > 0
   if sparse_embedding is None:
-    sparse_embedding = not cfg.tie_embeddings
+    sparse_embedding = not cfg.tie_embeddings and not dense_only
   if sparse_embedding and cfg.tie_embeddings:
     raise ValueError("sparse_embedding=True needs an untied embedding (tie_embeddings=False)")
+  if sparse_embedding and dense_only:
+    raise ValueError("sparse_embedding=True needs optimizer='sgd' and weight_decay=0 (Adam and "
+                     "weight decay update every embedding row)")
+  wd = cfg.weight_decay
 
   def clip_scale(sq_norm):
     return jnp.minimum(1.0, cfg.max_grad_norm / (jnp.sqrt(sq_norm) + 1e-6))
 
-  def dense_step(params, ops, carry, inputs, targets, lr, key):
+  def dense_step(state, ops, carry, inputs, targets, lr, key):
+    params = state_params(state, cfg)
+
     def loss_fn(p):
       logits, new_carry = apply(p, ops, carry, inputs, cell, cfg, key)
       nll = _nll_sum(logits, targets)
@@ -210,8 +267,17 @@ def make_train_step(cell: Cell, cfg: LMConfig, sparse_embedding: bool | None = N
 
     grads, (new_carry, nll) = jax.grad(loss_fn, has_aux=True)(params)
     scale = clip_scale(optax.tree.norm(grads, squared=True))
-    params = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
-    return params, jax.tree.map(jax.lax.stop_gradient, new_carry), nll
+    if cfg.optimizer == "sgd":
+      if wd > 0:
+        state = jax.tree.map(lambda p, g: p - lr * (scale * g + wd * p), params, grads)
+      else:  # the update of before weight decay existed, bit for bit
+        state = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
+    else:
+      clipped = jax.tree.map(lambda g: scale * g, grads)
+      updates, opt_state = _adam().update(clipped, state.opt_state)
+      state = AdamState(jax.tree.map(lambda p, u: p - lr * (u + wd * p), params, updates),
+                        opt_state)
+    return state, jax.tree.map(jax.lax.stop_gradient, new_carry), nll
 
   def sparse_step(params, ops, carry, inputs, targets, lr, key):
     embed = params["embed"]
@@ -295,7 +361,7 @@ def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=
   """
   ops = jnp.zeros((0,), jnp.int32) if ops is None else jnp.asarray(ops)
   init_key, drop_key = jax.random.split(key)
-  params = init_params(init_key, len(corpus.vocab), cell, cfg)
+  state = init_train_state(init_params(init_key, len(corpus.vocab), cell, cfg), cfg)
   train_step, _ = _jitted(cell, cfg)
   train_ids = corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens else corpus.train
   stream = ptb.batchify(train_ids, cfg.batch_size)
@@ -304,9 +370,10 @@ def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=
   for epoch in range(1, cfg.epochs + 1):
     lr = learning_rate(cfg, epoch)
     t0 = time.time()
-    params, nlls, step = trainer.lm_epoch(train_step, params, ops,
-                                          init_carry(cell, cfg, cfg.batch_size), stream, cfg, lr,
-                                          drop_key, step)
+    state, nlls, step = trainer.lm_epoch(train_step, state, ops,
+                                         init_carry(cell, cfg, cfg.batch_size), stream, cfg, lr,
+                                         drop_key, step)
+    params = state_params(state, cfg)
     count = len(nlls) * cfg.batch_size * cfg.bptt
     total = float(jnp.sum(jnp.stack(nlls)))
     seconds = time.time() - t0

@@ -103,8 +103,7 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None) -> optax.Scalar
   if cfg.lr_schedule == "cosine":
     return optax.cosine_decay_schedule(cfg.learning_rate, total)
   return optax.piecewise_constant_schedule(
-      cfg.learning_rate, {(cfg.epochs // 2) * steps_per_epoch: 0.1,
-                          (cfg.epochs * 3 // 4) * steps_per_epoch: 0.1})
+      cfg.learning_rate, {total // 2: 0.1, total * 3 // 4: 0.1})
 
 
 def make_optimizer(cfg: TrainConfig,
