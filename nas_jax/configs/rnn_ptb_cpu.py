@@ -47,7 +47,7 @@ def get_config(arg: str | None = None):
     c.search.children_per_step = 2
     c.search.num_steps = 2
   elif arg == "short":
-    c.search.num_steps = 40
+    c.search.num_steps = 24
   elif arg:
     raise ValueError(f"rnn_ptb_cpu config: unknown argument {arg!r}; use ':short', ':quick' or "
                      "nothing")
