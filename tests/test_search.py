@@ -252,6 +252,7 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
   whole = tmp_path / "whole"
   out = _cli(*args, f"--workdir={whole}")
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "Unable to initialize backend" not in out.stderr   # backends that cannot be there
   killed = tmp_path / "killed"
   history, ckpts = killed / "history.jsonl", killed / "checkpoints"
   rows = lambda: len(history.read_text().splitlines()) if history.exists() else -1
