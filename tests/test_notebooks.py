@@ -46,6 +46,43 @@ def test_committed_without_outputs(name):
   assert nb.cells.index(code[0]) == parameters_cell(nb), "the first code cell holds the parameters"
 
 
+def _install_cell(nb) -> str:
+  cells = [c.source for c in nb.cells if c.cell_type == "code" and "NAS_JAX_SOURCE" in c.source]
+  assert len(cells) == 1, "one install cell"
+  return cells[0]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_install_cell_installs_an_uploaded_wheel_or_the_given_source(name, tmp_path,
+                                                                         monkeypatch):
+  """The install cell as a runtime without nas_jax runs it (pip recorded, not run)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  source = _install_cell(read(name))
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda n, *a: None if n == "nas_jax" else find_spec(n, *a))
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+  monkeypatch.chdir(tmp_path)
+
+  def run(**overrides):
+    calls.clear()
+    code = source
+    for k, v in overrides.items():
+      code = code.replace(f'{k} = ""', f"{k} = {v!r}")
+    exec(compile(code, name, "exec"), {"print": lambda *a: None})  # pylint: disable=exec-used
+    return [c[c.index("install") + 1:] for c in calls]
+
+  with pytest.raises(ImportError, match=r"upload a wheel \(python -m pip wheel --no-deps -w "
+                     r"dist \. in a clone\) or set NAS_JAX_SOURCE"):
+    run()
+  (tmp_path / "nas_jax-0.1.0-py3-none-any.whl").write_bytes(b"")
+  assert run() == [["-q", "nas_jax-0.1.0-py3-none-any.whl"]]
+  assert run(NAS_JAX_SOURCE="git+https://example.org/nas_jax") == [
+      ["-q", "git+https://example.org/nas_jax"]]
+
+
 @pytest.fixture
 def kernel(tmp_path_factory, monkeypatch):
   """A kernel spec that runs this interpreter (the one with nas_jax), found before any other."""
