@@ -9,7 +9,8 @@ Each module's ``get_config(arg)`` returns a locked ``ml_collections.ConfigDict``
 
 import importlib
 
-NAMES = ("cnn_digits", "cnn_cifar10", "rnn_ptb", "rnn_ptb_cpu", "lm_ptb_small")
+NAMES = ("cnn_digits", "cnn_cifar10", "rnn_ptb", "rnn_ptb_cpu", "lm_ptb_small", "lm_ptb_medium",
+         "lm_ptb_nas", "cnn_digits_final", "cnn_cifar10_final")
 
 
 def get_config(name: str, arg: str | None = None):
