@@ -50,11 +50,8 @@ def main(argv):
   if _TUNE_MALLOC.value:
     runtime.tune_malloc()
   runtime.show_search_progress(set_verbosity=False)  # none of orbax's INFO lines
+  runtime.enable_compilation_cache(_CACHE.value)
   import jax  # pylint: disable=g-import-not-at-top
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   from nas_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from nas_jax.training import data
   from nas_jax.core import distributed, search

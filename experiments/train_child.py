@@ -15,11 +15,12 @@ parameters, FLOPs per image) in the output directory (``nas_jax/training/retrain
 files); rerunning the same command resumes from the last finished epoch.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from nas_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Final-training config file.",
                                           lock_config=True)
@@ -31,8 +32,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 1, "Retrain the K best unique architectur
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: "
                                "SEARCH_WORKDIR/retrain; required with --arch alone).")
 _CACHE = flags.DEFINE_string(
-    "compilation_cache_dir", os.path.expanduser("~/.cache/nas_jax/jax_cache"),
-    "JAX persistent compilation cache; '' disables.")
+    "compilation_cache_dir", runtime.COMPILATION_CACHE_DIR,
+    "JAX persistent compilation cache; '' disables. Default: $NAS_JAX_COMPILATION_CACHE_DIR, "
+    "else ~/.cache/nas_jax/jax_cache.")
 _TUNE_MALLOC = flags.DEFINE_bool(
     "tune_malloc", True, "Keep freed memory in the heap (glibc): faster CPU training "
     "(nas_jax.runtime.tune_malloc).")
@@ -42,14 +44,10 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from nas_jax import runtime  # pylint: disable=g-import-not-at-top
   if _TUNE_MALLOC.value:
     runtime.tune_malloc()
   runtime.show_search_progress(set_verbosity=False)  # none of orbax's INFO lines
-  import jax  # pylint: disable=g-import-not-at-top
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  runtime.enable_compilation_cache(_CACHE.value)
   from nas_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from nas_jax.training import data, retrain  # pylint: disable=g-import-not-at-top
   try:

@@ -22,6 +22,19 @@ import sys
 COMPILATION_CACHE_DIR = os.environ.get("NAS_JAX_COMPILATION_CACHE_DIR",
                                        os.path.expanduser("~/.cache/nas_jax/jax_cache"))
 
+
+
+def enable_compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache in ``path`` (nothing for ''), for every program that takes
+  over 0.2 s to compile: a rerun, a resumed run or another run of the same children reuses them."""
+  if not path:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 _M_TRIM_THRESHOLD = -1   # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
 _applied = False

@@ -246,7 +246,7 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, search_dir, w
 def _cli(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train_child.py"),
                          "--config", "experiments/configs/cnn_digits_final.py:quick",
-                         "--compilation_cache_dir=", *args],
+                         *args],
                         capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
