@@ -52,6 +52,7 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
   c.search = ml_collections.ConfigDict(dict(
       searcher="reinforce", num_steps=1600, children_per_step=8, keep_checkpoints=3,
       verbose=False, gather_timeout_s=86400.0, tensorboard=True))
+  c.shared = ml_collections.ConfigDict(dataclasses.asdict(SharedConfig()))
   c.lock()
   return c
 
@@ -63,7 +64,7 @@ PER_HOST = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep
 RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
 # Fields added after workdirs were written without them, with the value those workdirs ran with.
 ADDED_FIELDS = {"child.lr_schedule": "constant", "lm_child.optimizer": "sgd",
-                "lm_child.weight_decay": 0.0}
+                "lm_child.weight_decay": 0.0}  # + every shared.* field (below SharedConfig)
 
 
 def run_digest(record: dict[str, Any]) -> str:
@@ -222,6 +223,70 @@ class SearchConfig:
     _check_ranges(_section("search", self))
 
 
+SHARED_LR_SCHEDULES = ("constant", "cosine", "sgdr")
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedConfig:
+  """``config.shared``: the weight-sharing (ENAS, Pham et al. 2018) search and its schedule.
+
+  With ``enabled`` the search trains one max-size network whose weights every child shares
+  (``nas_jax.core.shared_search``) instead of training each child from scratch. Each of
+  ``epochs`` phases: (a) ``train_steps`` minibatches (0: one pass over the training set) of
+  ``batch_size`` images train the shared weights, each on ``children_per_batch`` freshly sampled
+  architectures (their gradients averaged); (b) ``controller_steps`` searcher updates, each on
+  ``search.children_per_step`` architectures scored on one validation minibatch of
+  ``eval_batch_size`` (reward = accuracy ** ``reward_power``). Then (c) derive:
+  ``derive_samples`` architectures scored on the whole validation set; the best and the
+  ``derive_top_k`` best (unique) go into ``summary.json``. The shared weights train with SGD
+  (Nesterov ``momentum``, ``weight_decay``, gradient norm clipped at ``grad_clip``, 0 = off) at
+  ``learning_rate`` under ``lr_schedule``: constant, cosine (to ``lr_min`` over all the
+  training steps) or sgdr (cosine restarts, first period ``lr_t0`` epochs, each next one
+  ``lr_t_mul`` times longer: ENAS's). ``search.num_steps`` is not used.
+  """
+  enabled: bool = False
+  epochs: int = 10
+  train_steps: int = 0
+  children_per_batch: int = 1
+  controller_steps: int = 10
+  derive_samples: int = 16
+  derive_top_k: int = 5
+  batch_size: int = 128
+  eval_batch_size: int = 128
+  reward_power: float = 1.0
+  learning_rate: float = 0.05
+  lr_min: float = 0.0
+  lr_schedule: str = "cosine"
+  lr_t0: int = 10
+  lr_t_mul: int = 2
+  momentum: float = 0.9
+  nesterov: bool = True
+  weight_decay: float = 1e-4
+  grad_clip: float = 0.0
+  fast_compile: bool = False
+
+  def __post_init__(self):
+    _check_ranges(_section("shared", self))
+    if not 0 <= self.momentum < 1:
+      raise ConfigError(f"config.shared.momentum: must be in [0, 1), got {self.momentum}")
+    if self.derive_top_k > self.derive_samples:
+      raise ConfigError(f"config.shared.derive_top_k: must be <= shared.derive_samples "
+                        f"({self.derive_samples}), got {self.derive_top_k}")
+    if self.lr_min > self.learning_rate:
+      raise ConfigError(f"config.shared.lr_min: must be <= shared.learning_rate "
+                        f"({self.learning_rate}), got {self.lr_min}")
+
+
+ADDED_FIELDS.update({f"shared.{k}": v for k, v in dataclasses.asdict(SharedConfig()).items()})
+_POSITIVE_INT += ("shared.epochs", "shared.children_per_batch", "shared.derive_samples",
+                  "shared.derive_top_k", "shared.batch_size", "shared.eval_batch_size",
+                  "shared.lr_t0", "shared.lr_t_mul")
+_NON_NEGATIVE += ("shared.train_steps", "shared.controller_steps", "shared.lr_min",
+                  "shared.weight_decay", "shared.grad_clip")
+_POSITIVE += ("shared.reward_power", "shared.learning_rate")
+_ENUMS["shared.lr_schedule"] = SHARED_LR_SCHEDULES
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """A whole search's config, parsed once from the ``ConfigDict`` (:func:`parse`).
@@ -235,6 +300,7 @@ class Config:
   lm_child: LMChildConfig
   controller: reinforce.ReinforceConfig
   search: SearchConfig
+  shared: SharedConfig = SharedConfig()
   flat: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   def __post_init__(self):
@@ -247,6 +313,28 @@ class Config:
       raise ConfigError(f"config.data.name: {self.data.name!r} is not one of {list(allowed)} "
                         f"(the data of search space {self.search_space.name!r})")
     self.search_space.check_config(self)
+    if self.shared.enabled:
+      _check_shared_space(self.search_space)
+
+
+def _check_shared_space(space) -> None:
+  """The space a weight-sharing search can run: the CNN space at one depth, odd filters, no
+  strides (one max-size network holds every child)."""
+  from nas_jax.spaces.cnn import CNNSpace  # pylint: disable=import-outside-toplevel
+  if not isinstance(space, CNNSpace):
+    raise ConfigError(f"config.shared.enabled: weight sharing is implemented for the CNN space, "
+                      f"not {type(space).__name__}; set shared.enabled=False")
+  if space.layers_increment and (not space.max_layers or space.max_layers > space.start_layers):
+    raise ConfigError("config.search_space.layers_increment: a weight-sharing search has one "
+                      "depth (one shared network); set it to 0 (depth = start_layers)")
+  if space.predict_strides:
+    raise ConfigError("config.search_space.predict_strides: the shared network has one shape; "
+                      "set it to False")
+  for name in ("filter_heights", "filter_widths"):
+    even = [k for k in getattr(space, name) if k % 2 == 0]
+    if even:
+      raise ConfigError(f"config.search_space.{name}: the shared network centres each filter in "
+                        f"the largest one and needs odd sizes, got {even}")
 
 
 def parse(cfg: ml_collections.ConfigDict) -> Config:
@@ -285,7 +373,7 @@ def parse(cfg: ml_collections.ConfigDict) -> Config:
                              cfg.lm_child.vmap),
       controller=_fields(cfg.controller, reinforce.ReinforceConfig, controller=ctrl),
       search=SearchConfig(**{**cfg.search, "gather_timeout_s": float(cfg.search.gather_timeout_s)}),
-      flat=values)
+      shared=_fields(cfg.shared, SharedConfig), flat=values)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:

@@ -103,7 +103,7 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(tmp_path,
                   log=tmp_path / f"p{i}.log") for i in range(2)]
   log0 = tmp_path / "p0.log"
   deadline = time.time() + 300
-  while "step 1/50" not in log0.read_text():   # both are in the search loop
+  while "(1 of 50)" not in log0.read_text():   # both are in the search loop
     assert time.time() < deadline and procs[0].poll() is None, log0.read_text()[-3000:]
     time.sleep(0.5)
   _kill_machine(procs[killed])

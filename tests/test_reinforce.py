@@ -145,6 +145,7 @@ def test_update_baseline_step_and_adam():
   s2, m2 = reinforce.update(s1, tokens, r2, plan=ONE_STEP, decisions=DECS, cfg=cfg)
   assert float(m2["baseline"]) == pytest.approx(0.5, abs=1e-6)
   assert float(s2.baseline) == pytest.approx(0.9 * 0.5 + 0.1 * 0.7, abs=1e-6)
+  assert float(m2["new_baseline"]) == float(s2.baseline)   # what the log shows after "->"
   assert int(s2.step) == 2
   s3, m3 = reinforce.update(s2, tokens, r2, plan=ONE_STEP, decisions=DECS, cfg=cfg)
   assert float(m3["baseline"]) == pytest.approx(0.52, abs=1e-6)
@@ -279,7 +280,7 @@ def test_reinforce_searcher_round_trip():
   rewards = np.array([0.1, 0.5, 0.2, 0.9, 0.0, 0.0, 1.0, 0.7])
   new_state, metrics = s.feedback(state, tokens, rewards, plan, decisions)
   assert int(new_state.step) == 1
-  assert set(metrics) == {"loss", "baseline", "grad_norm", "log_prob", "entropy"}
+  assert set(metrics) == {"loss", "baseline", "new_baseline", "grad_norm", "log_prob", "entropy"}
   assert all(isinstance(v, float) for v in metrics.values())
   assert metrics["baseline"] == pytest.approx(0.425)   # first batch: its own mean
   assert metrics["log_prob"] == pytest.approx(info["log_prob"], abs=1e-5)

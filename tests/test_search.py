@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -308,3 +309,19 @@ def test_failed_data_loading_leaves_no_workdir_behind(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="num_validation"):
     search.run_search(cfg, str(tmp_path / "w2"))
   assert not (tmp_path / "w2").exists()
+
+
+def test_time_left_follows_the_depth_schedule_from_measured_seconds_per_child():
+  """3 layers for steps 0-1, 4 for 2-3, 6 for 4-5 (m = 2): time left is per measured depth, an
+  unseen depth scaled from the deepest seen, plus the controller's time per step."""
+  depths = [3, 3, 4, 4, 6, 6]
+  progress = search._Progress(6, 2, lambda s: depths[s])  # pylint: disable=protected-access
+  assert math.isnan(progress.eta(0))
+  row = lambda seconds: {"children": 2, "children_seconds": seconds, "controller_seconds": 0.5}
+  progress.log(0, 3, np.ones(2), {}, {"entropy": 1.0}, None, row(6.0))   # 3 s per child
+  assert progress.eta(0) == pytest.approx(2 * 3 * 1 + 2 * 3 * 4 / 3 * 2 + 2 * 3 * 6 / 3 * 2
+                                          + 5 * 0.5)
+  progress.log(1, 3, np.ones(2), {}, {"entropy": 1.0}, None, row(2.0))   # now 2 s per child
+  progress.log(2, 4, np.ones(2), {}, {"entropy": 1.0}, None, row(10.0))  # 5 s per child at 4
+  assert progress.eta(2) == pytest.approx(2 * 5 + 2 * 2 * 5 * 6 / 4 + 3 * 0.5)
+  assert search._duration(125.4) == "2m05s" and search._duration(float("nan")) == "-"  # pylint: disable=protected-access

@@ -46,6 +46,9 @@ def get_config(arg: str | None = None):
     c.data.max_train = 256
     c.search.num_steps = 2
     c.search.children_per_step = 2
+  elif arg == "seeds":   # the first 8 steps (64 architectures) of the main job, for seed sweeps
+    c.search.num_steps = 8
   elif arg:
-    raise ValueError(f"cnn_digits config: unknown argument {arg!r}; use ':quick' or nothing")
+    raise ValueError(f"cnn_digits config: unknown argument {arg!r}; use ':seeds', ':quick' or "
+                     "nothing")
   return c

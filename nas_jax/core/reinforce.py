@@ -107,8 +107,8 @@ def update(state: ControllerState, tokens_MxT: jax.Array, rewards_M: jax.Array, 
     plan, decisions, cfg: static; the plan the tokens were sampled with.
 
   Returns:
-    (new state, metrics) where metrics holds loss, baseline used, entropy, mean log-prob and the
-    global gradient norm.
+    (new state, metrics) where metrics holds loss, the baseline used, the baseline after this
+    update (``new_baseline``), entropy, mean log-prob and the global gradient norm.
   """
   forced, xs = controller.plan_inputs(tokens_MxT, tuple(plan), tuple(decisions))
   return _update(state, forced, xs, jnp.asarray(rewards_M, jnp.float32),
@@ -126,5 +126,6 @@ def _update(state, forced, xs, rewards_M, *, decisions, cfg):
   new_state = state.replace(
       params=optax.apply_updates(state.params, updates), opt_state=opt_state,
       baseline=new_baseline, baseline_ready=jnp.ones((), bool), step=state.step + 1)
-  metrics = {"loss": loss, "baseline": baseline, "grad_norm": optax.tree.norm(grads), **aux}
+  metrics = {"loss": loss, "baseline": baseline, "new_baseline": new_baseline,
+             "grad_norm": optax.tree.norm(grads), **aux}
   return new_state, metrics

@@ -59,9 +59,18 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
   Under ``jax.distributed`` every process runs this with the same config: the children of each
   step are shared out, all processes apply the same update, and only process 0 writes ``workdir``.
 
+  With ``cfg.shared.enabled`` the search is the weight-sharing one of
+  :mod:`nas_jax.core.shared_search` (one process; ``evaluate_fn``/``evaluate_batch_fn`` unused).
+
   Returns:
     A :class:`SearchResult` with the best history row.
   """
+  from nas_jax.core import shared_search  # pylint: disable=import-outside-toplevel  (imports us)
+  if shared_search.enabled(cfg):
+    if evaluate_fn is not None or evaluate_batch_fn is not None:
+      raise ValueError("evaluate_fn/evaluate_batch_fn replace the children's training; a "
+                       "weight-sharing search (config.shared.enabled) has none to replace")
+    return shared_search.run(cfg, workdir, space=space, dataset=dataset)
   cluster = distributed.current()
   try:
     return _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn)
@@ -93,7 +102,7 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
     kept = [r for r in rows if r["step"] < start]
     reusable = {(r["step"], r["index"]): r for r in rows if r["step"] >= start}
     evaluate = cluster.shared(evaluator, config.search.gather_timeout_s)
-    progress = _Progress(num_steps, m)
+    progress = _Progress(num_steps, m, lambda s: space.num_layers(s * m))
     for step in range(start, num_steps):
       t_step = time.time()
       num_layers = space.num_layers(step * m)
@@ -131,8 +140,7 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
       wd.end_step(step, state, step_row, step_rows, kept, metric, rate * 60 if rate else None)
       _stop_if_all_raised(kept)
       interrupt.check()
-      progress.log(step, num_layers, rewards, metrics, info, analysis.best_row(kept),
-                   t_controller)
+      progress.log(step, num_layers, rewards, metrics, info, analysis.best_row(kept), step_row)
     wd.finish(kept, max(start, num_steps))
   return SearchResult(analysis.best_row(kept), len(kept), workdir, metric)
 
@@ -195,10 +203,19 @@ class _Interrupt:
 
 
 class _Progress:
-  """The log line of each step: rewards, the controller, speed and time left."""
+  """The log line of each step: rewards, the controller, speed, elapsed time and time left.
 
-  def __init__(self, num_steps: int, m: int):
-    self.num_steps, self.m, self.t0, self.done = num_steps, m, time.time(), 0
+  Steps are numbered from 0, as in the workdir's files (``step 8 (9 of 16)``: history rows and
+  ``summary.json`` say step 8). Time left is estimated per depth: the measured seconds per child
+  at each depth the schedule has reached (compilation included), deeper children not yet seen
+  scaled by their depth from the deepest one seen, plus the last step's controller time.
+  """
+
+  def __init__(self, num_steps: int, m: int, depth_of: Callable[[int], int]):
+    self.num_steps, self.m, self.depth_of = num_steps, m, depth_of
+    self.t0, self.done = time.time(), 0
+    self.per_depth: dict[int, list[float]] = {}   # depth -> [children seconds, children]
+    self.t_controller = 0.0
 
   def add(self, children: int) -> float:
     """Counts a step's newly evaluated children; returns children per minute so far."""
@@ -206,13 +223,40 @@ class _Progress:
     elapsed = time.time() - self.t0
     return self.done / elapsed * 60 if elapsed > 0 and self.done else 0.0
 
-  def log(self, step, num_layers, rewards, metrics, info, best, t_controller):
-    rate = self.done / max(time.time() - self.t0, 1e-9) * 60 if self.done else 0.0
-    eta = (self.num_steps - step - 1) * self.m / (rate / 60) if rate else float("nan")
+  def child_seconds(self, depth: int) -> float:
+    if depth in self.per_depth:
+      seconds, n = self.per_depth[depth]
+      return seconds / n
+    seen = max(self.per_depth, key=lambda d: (d <= depth, d if d <= depth else -d))
+    return self.child_seconds(seen) * depth / max(seen, 1)
+
+  def eta(self, step: int) -> float:
+    if not self.per_depth:
+      return float("nan")
+    return sum(self.m * self.child_seconds(self.depth_of(s)) + self.t_controller
+               for s in range(step + 1, self.num_steps))
+
+  def log(self, step, num_layers, rewards, metrics, info, best, step_row):
+    if step_row["children"]:
+      totals = self.per_depth.setdefault(num_layers, [0.0, 0])
+      totals[0] += step_row["children_seconds"]
+      totals[1] += step_row["children"]
+    self.t_controller = step_row["controller_seconds"]
+    elapsed = time.time() - self.t0
+    rate = self.done / max(elapsed, 1e-9) * 60 if self.done else 0.0
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
     logging.info(
-        "step %d/%d | layers %d | reward mean %.4f max %.4f | baseline %s | entropy %.2f | "
-        "loss %s | best %.4f | %.1f children/min | controller %.0f ms | eta %.0fs",
-        step + 1, self.num_steps, num_layers, rewards.mean(), rewards.max(),
-        fmt(metrics.get("baseline")), info["entropy"], fmt(metrics.get("loss")),
-        best["reward"] if best else 0.0, rate, t_controller * 1e3, eta)
+        "step %d (%d of %d) | layers %d | reward mean %.4f max %.4f | baseline %s -> %s | "
+        "entropy %.2f | loss %s | best %.4f | %.1f children/min | controller %.0f ms | "
+        "elapsed %s | eta %s",
+        step, step + 1, self.num_steps, num_layers, rewards.mean(), rewards.max(),
+        fmt(metrics.get("baseline")), fmt(metrics.get("new_baseline")), info["entropy"],
+        fmt(metrics.get("loss")), best["reward"] if best else 0.0, rate,
+        step_row["controller_seconds"] * 1e3, _duration(elapsed), _duration(self.eta(step)))
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "-"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -112,9 +112,15 @@ class Workdir:
   """The workdir of process 0: one search at a time, all its files, resume after any stop."""
 
   def __init__(self, path: str, record: dict[str, Any], *, space_json: Any = None,
-               keep_checkpoints: int = 3, tensorboard: bool = True):
+               keep_checkpoints: int = 3, tensorboard: bool = True,
+               rows_per_step: Callable[[int], int] | None = None,
+               summarize: Callable[[list[dict]], dict] | None = None):
+    """``rows_per_step(step)``: the history rows a done step has (default: the config's
+    ``search.children_per_step``); ``summarize(rows)``: the summary's ``best`` and any further
+    keys (default: ``{"best": analysis.best_row(rows)}``)."""
     self.path, self.record, self._space_json = path, record, space_json or {}
     self._keep, self._tensorboard = keep_checkpoints, tensorboard
+    self._rows_per_step, self._summarize = rows_per_step, summarize
     self._lock = self._manager = self._history = self._steps = self._writer = None
     self._later: list[dict] = []
 
@@ -199,8 +205,9 @@ class Workdir:
       self._manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
           max_to_keep=self._keep, enable_async_checkpointing=False, cleanup_tmp_directories=True,
           **options))
+    m = self.record["search.children_per_step"]
     start, state = _restore(self._manager, state, logged, self.path, rows,
-                            self.record["search.children_per_step"])
+                            self._rows_per_step or (lambda step: m))
     kept = [r for r in rows if r["step"] < start]
     self._later = [r for r in rows if r["step"] >= start]
     _write_atomic(history_path, "".join(_line(r).decode() for r in rows))  # drops a cut line
@@ -266,11 +273,12 @@ class Workdir:
     self.write_summary(rows, steps)
 
   def write_summary(self, rows: list[dict], steps: int) -> dict | None:
-    best = analysis.best_row(rows)
+    summary = self._summarize(rows) if self._summarize else {"best": analysis.best_row(rows)}
     _write_atomic(self._file("summary.json"), json.dumps(
-        {"best": best, "num_evaluated": len(rows), "controller_steps": steps,
-         "search_space": self._space_json, "metric": self.record.get("metric.name")}, indent=1))
-    return best
+        {"best": summary["best"], "num_evaluated": len(rows), "controller_steps": steps,
+         "search_space": self._space_json, "metric": self.record.get("metric.name"),
+         **{k: v for k, v in summary.items() if k != "best"}}, indent=1))
+    return summary["best"]
 
   def close(self) -> None:
     for f in (self._history, self._steps, self._writer):
@@ -354,7 +362,7 @@ def _line(row: dict) -> bytes:
 
 
 def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[dict],
-             m: int):
+             rows_per_step: Callable[[int], int]):
   """The newest checkpoint that restores, whose step is logged in steps.jsonl and whose steps
   have all their rows in the history: ``(step, state)``.
 
@@ -368,7 +376,7 @@ def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[d
   steps = sorted(manager.all_steps(), reverse=True)
   done = max((s for s in steps if logged is None or s - 1 in logged), default=0)
   have = {(r["step"], r["index"]) for r in rows}
-  missing = [(s, k) for s in range(done) for k in range(m) if (s, k) not in have]
+  missing = [(s, k) for s in range(done) for k in range(rows_per_step(s)) if (s, k) not in have]
   if missing:
     raise WorkdirError(
         f"{os.path.join(workdir, 'history.jsonl')} lacks {len(missing)} rows of the controller "
@@ -412,11 +420,12 @@ def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[d
 
 
 def open_workdir(path: str, record: dict[str, Any], search_cfg, primary: bool,
-                 space: base.SearchSpace) -> Workdir:
-  """The workdir of this process: :class:`Workdir` on process 0, :class:`NoWorkdir` elsewhere."""
+                 space: base.SearchSpace, **kwargs) -> Workdir:
+  """The workdir of this process: :class:`Workdir` on process 0, :class:`NoWorkdir` elsewhere
+  (``kwargs``: :class:`Workdir`'s ``rows_per_step`` and ``summarize``)."""
   cls = Workdir if primary else NoWorkdir
   return cls(path, record, space_json=base.to_json(space) if dataclasses.is_dataclass(space)
              else {}, keep_checkpoints=search_cfg.keep_checkpoints,
-             tensorboard=search_cfg.tensorboard)
+             tensorboard=search_cfg.tensorboard, **kwargs)
 
 

@@ -90,6 +90,14 @@ def load_metric(workdir: str) -> base.Metric:
   return base.ACCURACY
 
 
+def ranking_rows(rows: list[dict]) -> list[dict]:
+  """The rows that rank a search's architectures: a weight-sharing search's ``derive`` rows (its
+  other rows are scored on one validation minibatch while the shared weights still train), else
+  every row."""
+  derived = [r for r in rows if r.get("evaluation") == "derive"]
+  return derived or rows
+
+
 def best_row(rows: list[dict]) -> dict | None:
   """The history row of the highest reward among children that did not fail."""
   ok = [r for r in rows if not r["failed"]]

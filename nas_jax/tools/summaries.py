@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 
@@ -68,7 +69,9 @@ class Writer:
     files (a resumed search redoes the steps after its checkpoint)."""
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.logdir = os.path.join(workdir, SUBDIR)
-    self._writer = SummaryWriter(self.logdir, purge_step=purge_step)
+    # tensorboardX names event files by the second: a suffix keeps a rerun within it apart.
+    self._writer = SummaryWriter(self.logdir, purge_step=purge_step,
+                                 filename_suffix=f".{time.time_ns()}")
 
   def write_step(self, step: int, scalars: dict[str, float]) -> None:
     for name, value in scalars.items():

@@ -198,7 +198,8 @@ def top_unique(rows: Sequence[dict], k: int) -> list[dict]:
 
 
 def children_from_history(search_workdir: str, space: cnn.CNNSpace, top_k: int) -> list[Child]:
-  """The ``top_k`` best unique architectures of a search workdir (:func:`top_unique`).
+  """The ``top_k`` best unique architectures of a search workdir (:func:`top_unique`; of a
+  weight-sharing search, those its derive stage scored: ``analysis.ranking_rows``).
 
   Raises:
     InputError: the history is missing, damaged or empty, or every row failed.
@@ -213,7 +214,7 @@ def children_from_history(search_workdir: str, space: cnn.CNNSpace, top_k: int) 
   if not rows:
     raise InputError(f"{flag}: no history rows yet; run (or resume) the search first, or give "
                      "--arch")
-  chosen = top_unique(rows, top_k)
+  chosen = top_unique(analysis.ranking_rows(rows), top_k)
   if not chosen:
     raise InputError(f"{flag}: all {len(rows)} architectures of its history failed, so there is "
                      "none to retrain; fix the search (see the rows' 'error') or give --arch")

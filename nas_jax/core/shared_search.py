@@ -1,0 +1,324 @@
+"""The weight-sharing search (ENAS, Pham et al. 2018): the same controller and REINFORCE, children
+scored under one set of shared weights instead of trained from scratch.
+
+``config.shared`` (:class:`nas_jax.config.SharedConfig`) is the schedule. Each of
+``shared.epochs`` phases:
+
+(a) the shared weights (:mod:`nas_jax.training.shared_cnn`) train for ``train_steps``
+    minibatches, each on ``children_per_batch`` architectures freshly drawn from the searcher
+    (the controller, or uniform for random search), their gradients averaged;
+(b) the searcher takes ``controller_steps`` steps: each samples ``search.children_per_step``
+    architectures, scores them on one validation minibatch under the shared weights (reward =
+    accuracy ** ``reward_power``) and updates the controller by REINFORCE
+    (:mod:`nas_jax.core.reinforce`; random search learns nothing);
+
+then (c) derive: ``derive_samples`` architectures drawn from the trained searcher are scored on
+the whole validation set; ``summary.json`` holds the best and the ``derive_top_k`` best (unique by
+tokens), for ``experiments/train_child.py`` to retrain from scratch.
+
+The workdir is :mod:`nas_jax.core.workdir`'s, with a workdir *step* = one phase (the derive is step
+``epochs``): ``history.jsonl`` has one row per scored architecture (``"evaluation": "shared"`` for
+(b), ``"derive"`` for (c); ``index`` = controller step within the phase x m + child),
+``steps.jsonl`` one row per phase, and the checkpoint after each phase holds the searcher state,
+the shared weights and their optimiser state. The data position is a function of the phase (every
+minibatch, validation batch and sampled architecture comes from ``fold_in(stream, global index)``),
+so a run killed anywhere and restarted redoes the phase it was in and writes the history of an
+uninterrupted run; rows of that phase already in the history are reused where their tokens match.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from nas_jax import config as config_lib
+from nas_jax.core import searchers, workdir as workdir_lib
+from nas_jax.core import search as search_lib
+from nas_jax.spaces import base
+from nas_jax.spaces.masked_cnn import MaskedCNN, exact_param_count
+from nas_jax.training import data as data_lib, shared_cnn
+
+SHARED, DERIVE = "shared", "derive"   # the "evaluation" of a history row
+
+
+def enabled(cfg) -> bool:
+  """Does the ConfigDict ``cfg`` ask for a weight-sharing search?"""
+  shared = cfg.get("shared", None)
+  return bool(shared is not None and shared.get("enabled", False))
+
+
+def summarize(rows: list[dict], top_k: int) -> dict:
+  """The summary of a weight-sharing search: ``best`` and ``top_k`` (unique by tokens, best
+  reward first) of the derive rows, or of the controller-phase rows before the derive."""
+  derived = [r for r in rows if r.get("evaluation") == DERIVE]
+  pool, best = derived or rows, {}
+  for r in pool:
+    key = tuple(r["tokens"])
+    if not r["failed"] and (key not in best or r["reward"] > best[key]["reward"]):
+      best[key] = r
+  top = sorted(best.values(), key=lambda r: -r["reward"])[:top_k]
+  return {"best": top[0] if top else None, "top_k": top,
+          "evaluation": DERIVE if derived else SHARED}
+
+
+def run(cfg, workdir: str, *, space=None, dataset=None,
+        reward_fn: Callable[[object, float], float] | None = None) -> search_lib.SearchResult:
+  """Runs (or resumes) a weight-sharing search in ``workdir`` (see the module docstring).
+
+  Args:
+    cfg: a config with ``shared.enabled`` (e.g. ``nas_jax/configs/cnn_digits_shared.py``).
+    workdir: output directory; a previous run of the same config there is resumed.
+    space: the CNN search space (default: ``cfg.search_space``'s).
+    dataset: the data (default: ``cfg.data``).
+    reward_fn: ``(arch, accuracy) -> reward``, replacing accuracy ** ``shared.reward_power``
+      (tests: a planted reward).
+
+  Returns:
+    A :class:`nas_jax.core.search.SearchResult` whose ``best`` is the best derived row.
+  """
+  config = config_lib.parse(cfg)
+  if jax.process_count() > 1:
+    raise config_lib.ConfigError("config.shared.enabled: the weight-sharing search runs in one "
+                                 "process; start it without --distributed")
+  space = space or config.search_space
+  config_lib._check_shared_space(space)  # pylint: disable=protected-access  (a space passed in)
+  sh, m = config.shared, config.search.children_per_step
+  searcher = searchers.make_searcher(config.search.searcher, config.controller)
+  record = workdir_lib.config_record(config, space, base.ACCURACY)
+  rows_per_phase = sh.controller_steps * m
+  wd = workdir_lib.open_workdir(
+      workdir, record, config.search, True, space,
+      rows_per_step=lambda s: rows_per_phase if s < sh.epochs else sh.derive_samples,
+      summarize=lambda rows: summarize(rows, sh.derive_top_k))
+  wd.check()
+  if dataset is None:
+    dataset = data_lib.load(config.data, config.seed)
+  loop = _Loop(config, space, searcher, dataset, reward_fn)
+  with wd, search_lib._Interrupt() as interrupt:  # pylint: disable=protected-access
+    wd.open()
+    start, state, rows = wd.restore(loop.init_state())
+    kept = [r for r in rows if r["step"] < start]
+    loop.reusable = {(r["step"], r["index"]): r for r in rows if r["step"] >= start}
+    t_run, done = time.time(), 0
+    for phase in range(start, sh.epochs + 1):
+      t0 = time.time()
+      if phase < sh.epochs:
+        state, step_rows, step_row = loop.phase(state, phase, wd, interrupt)
+      else:
+        step_rows, step_row = loop.derive(state, phase, wd, interrupt)
+      kept += step_rows
+      done += step_row["children"]
+      rate = done / max(time.time() - t_run, 1e-9) * 3600
+      step_row["seconds"] = round(time.time() - t0, 4)
+      wd.end_step(phase, state, step_row, step_rows, kept, base.ACCURACY, rate)
+      interrupt.check()
+      loop.log(phase, step_row, kept, time.time() - t_run, phase - start + 1)
+    wd.finish(kept, sh.epochs + 1)
+  return search_lib.SearchResult(summarize(kept, 1)["best"], len(kept), workdir, base.ACCURACY)
+
+
+class _Loop:
+  """The pieces of one weight-sharing search: its network, programs, data and key streams."""
+
+  def __init__(self, config, space, searcher, dataset, reward_fn):
+    sh = config.shared
+    self.sh, self.space, self.searcher, self.reward_fn = sh, space, searcher, reward_fn
+    self.m, self.reusable = config.search.children_per_step, {}
+    self.num_layers = space.num_layers(0)
+    self.plan = space.plan(self.num_layers)
+    image_shape = tuple(int(d) for d in dataset.train_images.shape[1:])
+    self.net = MaskedCNN(space, self.num_layers, image_shape, dataset.num_classes)
+    self.image_channels, self.num_classes = image_shape[2], dataset.num_classes
+    n = dataset.train_images.shape[0]
+    self.bs = min(sh.batch_size, n)
+    self.steps_per_epoch = n // self.bs
+    self.train_steps = sh.train_steps or self.steps_per_epoch
+    total = sh.epochs * self.train_steps
+    self.progs = shared_cnn.programs(self.net, sh, bool(dataset.augment), self.steps_per_epoch,
+                                     total)
+    self.tx = shared_cnn.optimizer(sh, self.steps_per_epoch, total)
+    self.train_x, self.train_y = jnp.asarray(dataset.train_images), jnp.asarray(
+        dataset.train_labels)
+    self.val_x, self.val_y = jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels)
+    self.eval_bs = min(sh.eval_batch_size, self.val_x.shape[0])
+    root = jax.random.key(config.seed)
+    # Stream 0 initialises the searcher as the exact search does (same controller at step 0).
+    self.init_key = jax.random.fold_in(root, 0)
+    (self.weights_key, self.train_arch_key, self.data_key, self.aug_key, self.ctrl_key,
+     self.val_key, self.derive_key) = (jax.random.fold_in(root, 100 + i) for i in range(7))
+    self._perm = (None, None)
+
+  def init_state(self) -> dict:
+    params = shared_cnn.init(self.net, self.weights_key)
+    return {"searcher": self.searcher.init(self.init_key, self.space.decisions),
+            "params": params, "opt_state": self.tx.init(params)}
+
+  def _propose(self, searcher_state, key, n):
+    """n architectures, drawn m at a time (draw d from ``fold_in(key, d)``): one compiled sampler
+    for the training steps, the controller steps and the derive."""
+    draws = [self.searcher.propose(searcher_state, jax.random.fold_in(key, d), self.plan,
+                                   self.space.decisions, self.m) for d in range(-(-n // self.m))]
+    tokens = np.concatenate([t for t, _ in draws])[:n]
+    info = {"entropy": float(np.mean([i["entropy"] for _, i in draws]))}
+    return tokens, [self.space.decode(self.plan, t) for t in tokens], info
+
+  def _train_indices(self, g: int) -> np.ndarray:
+    epoch, b = divmod(g, self.steps_per_epoch)
+    if self._perm[0] != epoch:
+      seed = np.asarray(jax.random.key_data(jax.random.fold_in(self.data_key, epoch))).ravel()
+      self._perm = (epoch, np.random.default_rng(seed.tolist()).permutation(
+          self.train_x.shape[0]))
+    return self._perm[1][b * self.bs:(b + 1) * self.bs]
+
+  def _val_indices(self, j: int) -> np.ndarray:
+    seed = np.asarray(jax.random.key_data(jax.random.fold_in(self.val_key, j))).ravel()
+    return np.random.default_rng(seed.tolist()).permutation(self.val_x.shape[0])[:self.eval_bs]
+
+  def _reward(self, arch, acc: float) -> float:
+    if self.reward_fn is not None:
+      return float(self.reward_fn(arch, acc))
+    return float(acc) ** self.sh.reward_power
+
+  def _row(self, phase, index, tokens, arch, acc, seconds, evaluation, **extra) -> dict:
+    return {"step": phase, "index": index, "num_layers": self.num_layers,
+            "tokens": tokens.tolist(), "arch": base.to_json(arch),
+            "description": self.space.describe(arch), "reward": self._reward(arch, acc),
+            "val_accuracy": float(acc), "val_accuracies": [float(acc)],
+            "param_count": exact_param_count(arch, self.image_channels, self.num_classes),
+            "seconds": round(seconds, 4), "failed": False, "error": "",
+            "evaluation": evaluation, **extra}
+
+  def _reused(self, phase: int, first: int, tokens) -> list[dict] | None:
+    """The rows of these children from an interrupted run, if all are there with these tokens."""
+    old = [self.reusable.pop((phase, first + k), None) for k in range(len(tokens))]
+    ok = all(r is not None and r["tokens"] == t.tolist() for r, t in zip(old, tokens))
+    return old if ok else None
+
+  def phase(self, state, phase, wd, interrupt):
+    """(a) shared-weights training, then (b) the controller steps of one phase."""
+    sh, m = self.sh, self.m
+    t0 = time.time()
+    params, opt_state = state["params"], state["opt_state"]
+    losses = []
+    for i in range(self.train_steps):
+      g = phase * self.train_steps + i
+      _, archs, _ = self._propose(state["searcher"], jax.random.fold_in(self.train_arch_key, g),
+                                  sh.children_per_batch)
+      params, opt_state, loss = self.progs.train_step(
+          params, opt_state, shared_cnn.encode(self.net, archs), self.train_x, self.train_y,
+          self._train_indices(g), self.aug_key, g)
+      losses.append(loss)
+    train_loss = float(np.mean(np.asarray(losses))) if losses else float("nan")
+    if losses and not np.isfinite(train_loss):
+      raise FloatingPointError(f"the shared weights' training loss became {train_loss} in epoch "
+                               f"{phase}; lower config.shared.learning_rate or set "
+                               "config.shared.grad_clip")
+    state = {**state, "params": params, "opt_state": opt_state}
+    t_train = time.time() - t0
+
+    rows, metrics, infos, evaluated = [], [], [], 0
+    t_eval = t_ctrl = 0.0
+    for c in range(sh.controller_steps):
+      j = phase * sh.controller_steps + c
+      t1 = time.time()
+      tokens, archs, info = self._propose(state["searcher"],
+                                          jax.random.fold_in(self.ctrl_key, j), m)
+      t2 = time.time()
+      step_rows = self._reused(phase, c * m, tokens)
+      if step_rows is None:
+        idx = self._val_indices(j)
+        correct = self.progs.eval_step(params, shared_cnn.encode(self.net, archs), self.val_x,
+                                       self.val_y, idx, np.ones(len(idx), bool))
+        accs = np.asarray(correct) / len(idx)
+        seconds = (time.time() - t2) / m
+        step_rows = [self._row(phase, c * m + k, tokens[k], archs[k], accs[k], seconds, SHARED,
+                               controller_step=j) for k in range(m)]
+        evaluated += m
+      for r in step_rows:
+        wd.write_row(r)
+        interrupt.check()
+      t3 = time.time()
+      rewards = np.array([r["reward"] for r in step_rows], np.float32)
+      searcher_state, met = self.searcher.feedback(state["searcher"], tokens, rewards, self.plan,
+                                                   self.space.decisions)
+      state = {**state, "searcher": searcher_state}
+      rows += step_rows
+      metrics.append(met)
+      infos.append(info)
+      t_eval += t3 - t2
+      t_ctrl += (t2 - t1) + (time.time() - t3)
+    rewards = np.array([r["reward"] for r in rows], np.float32)
+    step_row = {"step": phase, "evaluation": SHARED, "num_layers": self.num_layers,
+                "children": evaluated, "train_loss": train_loss,
+                "train_steps": self.train_steps,
+                "reward_mean": float(rewards.mean()) if rows else None,
+                "reward_max": float(rewards.max()) if rows else None,
+                "entropy": float(np.mean([i["entropy"] for i in infos])) if infos else None,
+                **_mean_metrics(metrics),
+                "train_seconds": round(t_train, 4), "controller_seconds": round(t_ctrl, 4),
+                "children_seconds": round(t_eval, 4)}
+    return state, rows, step_row
+
+  def derive(self, state, phase, wd, interrupt):
+    """(c): ``derive_samples`` architectures scored on the whole validation set."""
+    K, m = self.sh.derive_samples, self.m
+    t0 = time.time()
+    tokens, archs, info = self._propose(state["searcher"], self.derive_key, K)
+    t_ctrl = time.time() - t0
+    rows, evaluated = [], 0
+    for first in range(0, K, m):  # m at a time: the controller steps' compiled program
+      chunk = list(range(first, min(first + m, K)))
+      t1 = time.time()
+      chunk_rows = self._reused(phase, first, tokens[chunk])
+      if chunk_rows is None:
+        padded = [archs[k] for k in chunk] + [archs[chunk[-1]]] * (m - len(chunk))
+        accs = shared_cnn.accuracy(self.progs, state["params"],
+                                   shared_cnn.encode(self.net, padded), self.val_x, self.val_y,
+                                   self.eval_bs)
+        seconds = (time.time() - t1) / len(chunk)
+        chunk_rows = [self._row(phase, k, tokens[k], archs[k], accs[n], seconds, DERIVE)
+                      for n, k in enumerate(chunk)]
+        evaluated += len(chunk)
+      for r in chunk_rows:
+        wd.write_row(r)
+        interrupt.check()
+      rows += chunk_rows
+    rewards = np.array([r["reward"] for r in rows], np.float32)
+    step_row = {"step": phase, "evaluation": DERIVE, "num_layers": self.num_layers,
+                "children": evaluated, "reward_mean": float(rewards.mean()),
+                "reward_max": float(rewards.max()), "entropy": float(info["entropy"]),
+                "controller_seconds": round(t_ctrl, 4),
+                "children_seconds": round(time.time() - t0 - t_ctrl, 4)}
+    return rows, step_row
+
+  def log(self, phase, step_row, rows, elapsed, phases_run):
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    if step_row["evaluation"] == DERIVE:
+      best = summarize(rows, 1)["best"]
+      logging.info("derive: %d architectures on the validation set | reward mean %.4f max %.4f "
+                   "| best %s (val_acc %.4f) | %.0fs", self.sh.derive_samples,
+                   step_row["reward_mean"], step_row["reward_max"], best["description"],
+                   best["val_accuracy"], elapsed)
+      return
+    left = self.sh.epochs - phase - 1
+    logging.info("epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
+                 "entropy %s | train %.1fs eval %.1fs controller %.1fs | eta %.0fs",
+                 phase + 1, self.sh.epochs, step_row["train_loss"], fmt(step_row["reward_mean"]),
+                 fmt(step_row["reward_max"]), fmt(step_row.get("baseline")),
+                 fmt(step_row["entropy"]), step_row["train_seconds"],
+                 step_row["children_seconds"], step_row["controller_seconds"],
+                 elapsed / phases_run * left)
+
+
+def _mean_metrics(metrics: list[dict]) -> dict:
+  """The searcher's metrics over a phase's controller steps: the mean; the baseline's last."""
+  if not metrics or not metrics[0]:
+    return {}
+  out = {k: float(np.mean([mt[k] for mt in metrics])) for k in metrics[0]}
+  out["baseline"] = float(metrics[-1].get("baseline", out.get("baseline", 0.0)))
+  return out

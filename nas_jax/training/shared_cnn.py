@@ -1,0 +1,218 @@
+"""Weight-sharing CNN children (ENAS, Pham et al. 2018): one max-size network, every child a mask.
+
+The masked max-size network of :mod:`nas_jax.spaces.masked_cnn` computes an exact child from a
+max-size weight set: a child's fh x fw kernel is the centre of the largest one (kernel sharing as
+in Single-Path NAS), its N filters are the first N channels, its skip connections are the
+connection masks. With *one* weight set for all children instead of one per child it is ENAS's
+shared network: a child's forward pass is ``MaskedCNN.apply(shared_params, ..., child_masks,
+x)``, and the gradient of a child's loss reaches only the weights that child uses.
+
+BatchNorm. A shared network has no running statistics that fit every child: the mean and
+variance of a channel depend on the architecture in front of it. Children here are always
+normalised with the statistics of the batch they see, in training and in evaluation (the
+one-shot practice of Bender et al. 2018 and of later weight-sharing benchmarks); no running
+averages are kept. (ENAS's TF code evaluates a child with ``is_training=False``, i.e. with moving
+averages shared by all children.) A child's score therefore depends on its evaluation batch; the
+batches are fixed per controller step (:func:`eval_batches`), so scores are reproducible.
+
+Programs (:func:`programs`, jitted once per network):
+
+* ``train_step(params, opt_state, marcs_N, images, labels, idx_B, key, step)``: one SGD step on
+  the mean loss of N children on the same minibatch (ENAS: N = 1);
+* ``eval_step(params, marcs_M, images, labels, idx_B, valid_B) -> correct_M``: M children on one
+  batch, vmapped over their masks with the shared weights broadcast (``in_axes=None``).
+
+On CPU, a vmapped conv whose kernel differs per child lowers to a grouped convolution (slow,
+``docs/performance.md``); the masked kernels do differ per child (the window and channel masks
+multiply the shared kernel), so the conv keeps ``MaskedCNN``'s ``"unrolled"`` rule: M plain convs
+in one program. ``docs/weight_sharing.md`` has the measurement.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nas_jax.spaces.cnn import CNNArch
+from nas_jax.spaces.masked_cnn import MaskedArch, MaskedCNN, stack_archs
+from nas_jax.training import data as data_lib
+
+
+def full_arch(net: MaskedCNN) -> MaskedArch:
+  """The masks of the whole max-size network (every window, channel and allowed connection)."""
+  g, L = net._geometry, net.num_layers  # pylint: disable=protected-access
+  KH, KW = net.max_kernel
+  conn = np.zeros((L, L + 1), np.float32)
+  for i, src in enumerate(g.sources):
+    conn[i, list(src)] = 1.0
+  return MaskedArch(np.ones((L, KH, KW), np.float32), np.ones((L, net.max_filters), np.float32),
+                    conn, np.ones((L,), np.float32), np.asarray(g.in_canvas, np.int32),
+                    np.asarray(g.out_canvas, np.int32))
+
+
+def init(net: MaskedCNN, key: jax.Array) -> dict:
+  """Shared parameters: ``MaskedCNN.init`` of the whole network (LeCun normal, its fan-ins)."""
+  params, _ = net.init(key, full_arch(net))
+  return params
+
+
+def batch_stats_placeholder(net: MaskedCNN) -> dict:
+  """Running statistics ``MaskedCNN.apply`` takes; unused in batch-statistics mode."""
+  F, convs = net.max_filters, net.space.convs_per_layer
+  return {f"BatchNorm_{k}": {"mean": jnp.zeros((F,)), "var": jnp.ones((F,))}
+          for k in range(net.num_layers * convs)}
+
+
+def apply_children(net: MaskedCNN, params: dict, marcs_M: MaskedArch, x_BxHxWxC: jax.Array,
+                   batch_stats: dict | None = None, train: bool = True) -> jax.Array:
+  """Logits_MxBxK of M children (masks stacked on axis 0) sharing ``params``.
+
+  ``train=True`` (what the search uses): BatchNorm on the batch's statistics. ``train=False``
+  normalises with ``batch_stats`` (one set, shared; for tests against the exact child).
+  """
+  stats = batch_stats_placeholder(net) if batch_stats is None else batch_stats
+  return jax.vmap(lambda m: net.apply(params, stats, m, x_BxHxWxC, train=train)[0])(marcs_M)
+
+
+class Programs(NamedTuple):
+  train_step: object  # (params, opt_state, marcs_N, images, labels, idx_B, key, step)
+                      #   -> params, opt_state, loss
+  eval_step: object   # (params, marcs_M, images, labels, idx_B, valid_B) -> correct_M
+
+
+def lr_schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """``config.shared``'s learning rate per training step: constant, cosine to ``lr_min``, or
+  SGDR (Loshchilov & Hutter 2017; ENAS's): cosine periods of ``lr_t0`` epochs, each next one
+  ``lr_t_mul`` times longer, restarting at ``learning_rate``."""
+  hi, lo = cfg.learning_rate, cfg.lr_min
+  if cfg.lr_schedule == "constant":
+    return optax.constant_schedule(hi)
+  if cfg.lr_schedule == "cosine":
+    return lambda t: lo + (hi - lo) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(
+        t / max(total_steps, 1), 1.0)))
+
+  def sgdr(t):
+    epoch = t / steps_per_epoch
+    t0, mul = float(cfg.lr_t0), float(cfg.lr_t_mul)
+    if mul == 1:
+      k = jnp.floor(epoch / t0)
+      start, period = k * t0, t0
+    else:  # periods t0, t0*mul, ...; period k starts at t0 (mul^k - 1) / (mul - 1)
+      k = jnp.floor(jnp.log1p(epoch * (mul - 1) / t0) / jnp.log(mul))
+      start, period = t0 * (mul ** k - 1) / (mul - 1), t0 * mul ** k
+    frac = jnp.clip((epoch - start) / period, 0.0, 1.0)
+    return lo + (hi - lo) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+  return sgdr
+
+
+def optimizer(cfg, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum and weight decay, the gradient norm clipped (``grad_clip``)."""
+  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+  return optax.chain(*parts, optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(lr_schedule(cfg, steps_per_epoch, total_steps),
+                               momentum=cfg.momentum, nesterov=cfg.nesterov))
+
+
+@functools.lru_cache(maxsize=8)
+def programs(net: MaskedCNN, cfg, augment: bool, steps_per_epoch: int,
+             total_steps: int) -> Programs:
+  """The jitted train and eval programs of the shared network ``net`` (``cfg``: SharedConfig)."""
+  tx = optimizer(cfg, steps_per_epoch, total_steps)
+
+  def train_step(params, opt_state, marcs_N, images, labels, idx_B, key, step):
+    x, y = images[idx_B], labels[idx_B]
+    if augment:
+      x = data_lib.augment_batch(jax.random.fold_in(key, step), x)
+
+    def loss_fn(p):
+      logits_NxBxK = apply_children(net, p, marcs_N, x)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits_NxBxK, jnp.broadcast_to(y, logits_NxBxK.shape[:2])).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  def eval_step(params, marcs_M, images, labels, idx_B, valid_B):
+    logits = apply_children(net, params, marcs_M, images[idx_B])
+    return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B, axis=-1)
+
+  opts = {"xla_backend_optimization_level": 0} if cfg.fast_compile else None
+  return Programs(jax.jit(train_step, donate_argnums=(0, 1), compiler_options=opts),
+                  jax.jit(eval_step, compiler_options=opts))
+
+
+def encode(net: MaskedCNN, archs: Sequence[CNNArch]) -> MaskedArch:
+  """The stacked masks of ``archs`` (numpy, leading axis len(archs))."""
+  return stack_archs([net.encode(a) for a in archs])
+
+
+def eval_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(idx_B, valid_B) covering ``n`` examples once, every batch ``min(batch_size, n)`` distinct
+  examples (the last one overlaps the one before, its repeats not counted): batch statistics are
+  then always those of a real batch."""
+  bs = min(batch_size, n)
+  out = []
+  for start in range(0, n, bs):
+    first = min(start, n - bs)
+    idx = np.arange(first, first + bs)
+    out.append((idx, idx >= start))
+  return out
+
+
+def accuracy(progs: Programs, params, marcs_M: MaskedArch, images, labels,
+             batch_size: int) -> np.ndarray:
+  """Accuracy_M of M children on all of ``images`` (batches of :func:`eval_batches`)."""
+  correct = 0
+  for idx, valid in eval_batches(images.shape[0], batch_size):
+    correct = correct + progs.eval_step(params, marcs_M, images, labels, idx, valid)
+  return np.asarray(correct) / images.shape[0]
+
+
+def exact_variables(net: MaskedCNN, arch: CNNArch, params: dict,
+                    batch_stats: dict | None = None) -> dict:
+  """The variables of the exact ``CNNChild(arch)`` that the shared ``params`` (and running
+  ``batch_stats``; default 0 and 1) hold for it: the inverse of
+  ``MaskedCNN.embed_exact_variables``."""
+  from nas_jax.spaces.cnn import CNNChild  # pylint: disable=import-outside-toplevel
+  shapes = jax.eval_shape(CNNChild(arch, net.num_classes).init, jax.random.key(0),
+                          jnp.zeros((1,) + net.image_shape))
+  KH, KW = net.max_kernel
+  c_img, F, convs = net.image_shape[2], net.max_filters, net.space.convs_per_layer
+  p = jax.tree.map(np.asarray, params)
+  stats = jax.tree.map(np.asarray, batch_stats or batch_stats_placeholder(net))
+  out = {"params": {}, "batch_stats": {}}
+  for i, layer in enumerate(arch.layers):
+    fh, fw, nf = layer.filter_height, layer.filter_width, layer.num_filters
+    oh, ow = (KH - fh) // 2, (KW - fw) // 2
+    srcs = net._geometry.sources[i]  # pylint: disable=protected-access
+    starts = np.cumsum([0] + [c_img if s == 0 else F for s in srcs])
+    for c in range(convs):
+      k = i * convs + c
+      src = p[f"Conv_{k}"]["kernel"][oh:oh + fh, ow:ow + fw]
+      if c == 0:
+        rows = []
+        for col in ([j + 1 for j in layer.inputs] if layer.inputs else [0]):
+          n_in = c_img if col == 0 else arch.layers[col - 1].num_filters
+          row = starts[srcs.index(col)]
+          rows.append(src[:, :, row:row + n_in, :nf])
+        kernel = np.concatenate(rows, axis=2)
+      else:
+        kernel = src[:, :, :nf, :nf]
+      out["params"][f"Conv_{k}"] = {"kernel": kernel}
+      out["params"][f"BatchNorm_{k}"] = {n: p[f"BatchNorm_{k}"][n][:nf] for n in ("scale", "bias")}
+      out["batch_stats"][f"BatchNorm_{k}"] = {n: stats[f"BatchNorm_{k}"][n][:nf]
+                                              for n in ("mean", "var")}
+  dense = [p["Dense_0"]["kernel"][l * F:l * F + arch.layers[l].num_filters]
+           for l in arch.unconsumed()]
+  out["params"]["Dense_0"] = {"kernel": np.concatenate(dense, 0), "bias": p["Dense_0"]["bias"]}
+  got = [a.shape for a in jax.tree.leaves(out)]
+  want = [s.shape for s in jax.tree.leaves(shapes)]
+  if jax.tree.structure(out) != jax.tree.structure(shapes) or got != want:
+    raise ValueError(f"exact_variables: {got} do not match CNNChild's {want}")
+  return out
