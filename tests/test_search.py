@@ -1,8 +1,10 @@
 """The search loop end to end: workdir contents, resume, random search, bad configs."""
 
+import contextlib
 import glob
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
@@ -287,6 +289,20 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
 _NO_DATA = data.Dataset("none", *([np.zeros((1, 1), np.float32)] * 6), num_classes=2, augment=False)
 
 
+@contextlib.contextmanager
+def _absl_warnings():
+  """The messages of the WARNING records absl logging emits inside the block."""
+  records = []
+  handler = logging.Handler(logging.WARNING)
+  handler.emit = lambda record: records.append(record.getMessage())
+  logger = logging.getLogger("absl")
+  logger.addHandler(handler)
+  try:
+    yield records
+  finally:
+    logger.removeHandler(handler)
+
+
 def test_a_space_whose_every_child_raises_stops_with_the_first_error(tmp_path):
   def broken(space, arch, dataset, key):
     return trainer.ChildResult(0.0, {}, 0, True, "ValueError: shapes (3,) and (4,) differ", 0.0)
@@ -294,6 +310,15 @@ def test_a_space_whose_every_child_raises_stops_with_the_first_error(tmp_path):
     search.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=broken)
   assert len(read_rows(tmp_path)) == 4  # stopped after the first step
+  # Rerun with the space fixed: the failed rows stay, and the log says so once, with the way out.
+  ok = lambda space, arch, dataset, key: trainer.ChildResult(0.5, {}, 1, False, "", 0.0)
+  with _absl_warnings() as warnings:
+    search.run_search(fake_config(steps=2), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+                      evaluate_fn=ok)
+  said = [w for w in warnings if "all 4 children it holds failed" in w]
+  assert len(said) == 1 and "ValueError: shapes (3,) and (4,) differ" in said[0], warnings
+  assert "new --workdir" in said[0]
+  assert [r["failed"] for r in read_rows(tmp_path)] == [True] * 4 + [False] * 4
 
 
 def test_failed_data_loading_leaves_no_workdir_behind(tmp_path):

@@ -101,6 +101,12 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
                                              config.search.gather_timeout_s)
     kept = [r for r in rows if r["step"] < start]
     reusable = {(r["step"], r["index"]): r for r in rows if r["step"] >= start}
+    if kept and all(r["failed"] for r in kept):
+      logging.warning(
+          "resuming %s: all %d children it holds failed (the first: %s); they stay in its "
+          "history and the controller has learnt from their reward 0. If you fixed the code, "
+          "start afresh with a new --workdir", workdir, len(kept),
+          (kept[0].get("error") or "no error text").splitlines()[0])
     evaluate = cluster.shared(evaluator, config.search.gather_timeout_s)
     progress = _Progress(num_steps, m, lambda s: space.num_layers(s * m))
     for step in range(start, num_steps):
