@@ -1,0 +1,48 @@
+"""The installed command ``nas-jax`` (and ``python -m nas_jax``): dispatch, packaged config names
+usable from any directory, one-line errors."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+
+from nas_jax import cli
+
+CONFIGS = os.path.join(os.path.dirname(cli.__file__), os.pardir, "configs")
+
+
+def test_packaged_config_names_become_their_paths_and_paths_stay():
+  path = os.path.normpath(os.path.join(CONFIGS, "cnn_digits.py"))
+  got = cli.resolve_config_names(["x", "--config", "cnn_digits:quick", "--config=rnn_ptb_cpu",
+                                  "--config.seed=3", "--workdir", "cnn_digits"])
+  assert [os.path.normpath(a.partition(":")[0]) if "configs" in a else a for a in got] == [
+      "x", "--config", path, "--config=" + os.path.normpath(os.path.join(CONFIGS, "rnn_ptb_cpu.py")),
+      "--config.seed=3", "--workdir", "cnn_digits"]
+  assert got[2].endswith(":quick")
+  kept = ["x", "--config", "experiments/configs/cnn_digits.py:quick", "--config=no_such_config"]
+  assert cli.resolve_config_names(kept) == kept
+
+
+def _nas_jax(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "nas_jax", *args], capture_output=True, text=True,
+                        timeout=300, cwd=cwd)
+
+
+def test_the_command_is_installed_and_says_its_commands(tmp_path):
+  scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+  assert scripts.get("nas-jax") == "nas_jax.cli:main"
+  out = _nas_jax(cwd=tmp_path)
+  assert out.returncode == 2 and "search|train-child|train-lm|compare|report" in out.stdout
+  out = _nas_jax("serch", cwd=tmp_path)
+  assert out.returncode == 2
+  assert out.stderr.strip() == ("error: nas-jax: unknown command 'serch'; one of search, "
+                                "train-child, train-lm, compare, report")
+
+
+def test_a_packaged_config_by_name_from_another_directory(tmp_path):
+  # The config is found and read (its bad override is refused with one line) outside a clone.
+  out = _nas_jax("search", "--config", "cnn_digits:quick", f"--workdir={tmp_path / 'w'}",
+                 "--config.child.epochs=0", cwd=tmp_path)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith("error: config.child.epochs: must be >= 1")
+  assert not (tmp_path / "w").exists()
