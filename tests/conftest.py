@@ -2,7 +2,7 @@
 
 Two tiers (the ``slow`` marker is registered in setup.cfg):
 
-  python -m pytest -q tests                  # everything: CI and .ci/run
+  python -m pytest -q -n 2 tests             # everything, in 2 workers: CI and .ci/run
   python -m pytest -q -m "not slow" tests    # day-to-day: no SIGKILLs of real runs, no extra
                                              # processes, notebooks or real Penn Treebank
 
