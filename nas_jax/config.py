@@ -27,16 +27,24 @@ class ConfigError(ValueError):
   """A bad config value; the message names the field and how to fix it."""
 
 
+USER_SPACE = ""   # config.search_space.name of a config for a space passed to run_search
+
+
 def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
-  """Defaults for a search of the space named ``space`` (its section mirrors the space's fields)."""
-  if space not in SPACES:
+  """Defaults for a search of the space named ``space`` (its section mirrors the space's fields).
+
+  ``space=""`` (:data:`USER_SPACE`): a config for a space object passed to
+  ``run_search(cfg, workdir, space=...)``: its ``search_space`` section is only ``name=""``, the
+  data the 8x8 digits (no download).
+  """
+  if space != USER_SPACE and space not in SPACES:
     raise ConfigError(f"config.search_space.name: unknown space {space!r}; one of {sorted(SPACES)}")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      name=SPACES[space].data_names[0], data_dir="", num_validation=0, max_train=0,
-      level="word"))
-  space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])}
+      name=SPACES[space].data_names[0] if space else "digits", data_dir="", num_validation=0,
+      max_train=0, level="word"))
+  space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])} if space else {}
   c.search_space = ml_collections.ConfigDict(dict(space_fields, name=space))
   c.child = ml_collections.ConfigDict(dict(executor="exact", num_devices=0,
                                            **dataclasses.asdict(child.TrainConfig())))
@@ -337,12 +345,19 @@ def _check_shared_space(space) -> None:
                         f"the largest one and needs odd sizes, got {even}")
 
 
-def parse(cfg: ml_collections.ConfigDict) -> Config:
+def parse(cfg: ml_collections.ConfigDict, space=None) -> Config:
   """Checks ``cfg`` and returns it as a :class:`Config` (frozen dataclasses, checked once).
+
+  Args:
+    cfg: the config.
+    space: the space object searched (``run_search(..., space=...)``), if any: it becomes
+      ``Config.search_space`` and is checked against the config (``SearchSpace.check_config``).
+      A config whose ``search_space.name`` is ``""`` (``nas_jax.configs.custom``) needs one; one
+      naming a built-in space still has that section checked.
 
   Raises:
     ConfigError: for unknown or missing keys, wrong types and out-of-range values, naming the
-      field and the fix.
+      field and the fix; for a config without a space and no ``space``.
   """
   space_name = cfg.get("search_space", {}).get("name", "cnn")
   defaults = flatten(default_config(space_name))
@@ -359,10 +374,16 @@ def parse(cfg: ml_collections.ConfigDict) -> Config:
                         "nas_jax.config.default_config()")
     _check_type(name, values[name], default)
   _check_ranges({k: v for k, v in values.items() if k.startswith("search_space.")})
-  try:
-    space = make_space(cfg.search_space)
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.{e}" if str(e).startswith("search_space.") else str(e)) from None
+  if space_name == USER_SPACE and space is None:
+    raise ConfigError("config.search_space.name: this config has no search space; pass yours "
+                      "(run_search(cfg, workdir, space=MySpace())) or set search_space.name to "
+                      f"one of {sorted(SPACES)} with its fields (e.g. --config cnn_digits)")
+  if space_name != USER_SPACE:
+    try:
+      built = make_space(cfg.search_space)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"config.{e}" if str(e).startswith("search_space.") else str(e)) from None
+    space = space or built
   c = cfg.child
   ctrl = _fields(cfg.controller, controller.ControllerConfig)
   lm_fields = {k: v for k, v in cfg.lm_child.items() if k not in ("reward_constant", "vmap")}
@@ -376,9 +397,9 @@ def parse(cfg: ml_collections.ConfigDict) -> Config:
       shared=_fields(cfg.shared, SharedConfig), flat=values)
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
+def validate(cfg: ml_collections.ConfigDict, space=None) -> None:
   """Raises ConfigError for unknown keys, wrong types and out-of-range values (:func:`parse`)."""
-  parse(cfg)
+  parse(cfg, space)
 
 
 def _fields(section, cls, **extra):

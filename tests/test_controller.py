@@ -448,3 +448,106 @@ def test_sampled_tokens_do_not_depend_on_the_padding(monkeypatch):
   assert tokens[32][0][:, pa.bit_of >= 0].any()   # some skip connections were drawn
   np.testing.assert_array_equal(tokens[32][0], tokens[96][0])
   np.testing.assert_allclose(tokens[32][1], tokens[96][1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# gated steps: a count token (e.g. the depth) that shortens the plan
+
+# decision "n" (3 choices) is the count: layer l of up to 3 (a width "x" and an anchor each) is
+# active iff n >= l, i.e. depth n + 1. 1 + 2 * 3 steps, 1 + 3 + 0 + 1 + 2 = 7 tokens.
+COUNT_DECS = (Decision("n", 3), Decision("x", 4))
+DEPTH_PLAN = (choice(0),) + tuple(base.gated(s, 0, l) if l else s for l in range(3)
+                                  for s in (choice(1), anchor(l)))
+
+
+_log_prob_padded = jax.jit(controller.log_prob_padded, static_argnames=("decisions", "cfg"))
+
+
+def _truncated(depth):
+  """The plan of a fixed ``depth`` (no gates): what DEPTH_PLAN is at count ``depth - 1``."""
+  return (choice(0),) + tuple(s for l in range(depth) for s in (choice(1), anchor(l)))
+
+
+def test_gated_steps_score_only_when_active_by_hand():
+  """Bias-only heads make each step's distribution known: p_n = softmax(b_n), p_x = softmax(b_x).
+
+  Plan (n, x gated by n >= 1): log p(0, t) = log p_n[0] and H = H(p_n) whatever t; log p(1, t) =
+  log p_n[1] + log p_x[t] and H = H(p_n) + H(p_x).
+  """
+  decs = (Decision("n", 2), Decision("x", 4))
+  plan = (choice(0), base.gated(choice(1), 0, 1))
+  b_n, b_x = np.array([0.5, -1.0, 0.0, 0.0]), np.array([2.0, 0.0, -1.0, 1.0])
+  params = controller.init(jax.random.key(30), decs)
+  params = dict(params, head_w_DxHxC=jnp.zeros_like(params["head_w_DxHxC"]),
+                head_b_DxC=jnp.asarray(np.stack([b_n, b_x]), jnp.float32))
+  p_n, p_x = _softmax(b_n[:2]), _softmax(b_x)
+  h = lambda p: -(p * np.log(p)).sum()
+  # Sampled tokens (the masked one comes out as 0) after the hand-checked ones: one compile.
+  sampled, slp, sent = controller.sample(params, jax.random.key(31), plan=plan, decisions=decs,
+                                         m=60)
+  sampled = np.asarray(sampled)
+  assert set(sampled[:, 0]) == {0, 1} and np.all(sampled[sampled[:, 0] == 0, 1] == 0)
+  assert len(set(sampled[sampled[:, 0] == 1, 1])) > 1
+  tokens = np.concatenate([np.array([[0, 0], [0, 3], [1, 0], [1, 3]], np.int32), sampled])
+  lp, ent = _log_prob(params, tokens, plan=plan, decisions=decs)
+  np.testing.assert_allclose(lp[:4], np.log([p_n[0], p_n[0], p_n[1] * p_x[0], p_n[1] * p_x[3]]),
+                             atol=1e-6)
+  np.testing.assert_allclose(ent[:4], [h(p_n), h(p_n), h(p_n) + h(p_x), h(p_n) + h(p_x)],
+                             atol=1e-6)
+  np.testing.assert_allclose(slp, lp[4:], atol=1e-6)   # sampling and re-scoring agree
+  np.testing.assert_allclose(sent, ent[4:], atol=1e-6)
+  np.testing.assert_array_equal(base.active_steps(plan, [0, 3]), [True, False])
+  np.testing.assert_array_equal(base.active_tokens(DEPTH_PLAN, [1, 2, 3, 1, 0, 1, 1]),
+                                [True, True, True, True, False, False, False])
+
+
+def test_a_shortened_sample_scores_as_the_plan_of_its_depth():
+  """Masked steps are skipped, not just unscored: a sample of depth d gets the log-prob (and
+  entropy) its active tokens get under the ungated plan of depth d, whatever its masked tokens."""
+  params = controller.init(jax.random.key(32), COUNT_DECS, PEAKY)
+  tokens, logp, ent = controller.sample(params, jax.random.key(33), plan=DEPTH_PLAN,
+                                        decisions=COUNT_DECS, m=64)
+  tokens = np.asarray(tokens)
+  assert set(tokens[:, 0]) == {0, 1, 2}
+  # Any values in the masked positions score the same (bit for bit).
+  on_T = np.stack([base.active_tokens(DEPTH_PLAN, t) for t in tokens])
+  junk = np.where(on_T, tokens, 1).astype(np.int32)
+  assert np.any(junk != tokens)
+  lp, en = _log_prob(params, tokens, plan=DEPTH_PLAN, decisions=COUNT_DECS)
+  lp_junk, en_junk = _log_prob(params, junk, plan=DEPTH_PLAN, decisions=COUNT_DECS)
+  np.testing.assert_array_equal(lp, lp_junk)
+  np.testing.assert_array_equal(en, en_junk)
+  np.testing.assert_allclose(lp, logp, atol=1e-5)
+  for depth in (1, 2, 3):
+    rows = tokens[:, 0] == depth - 1
+    n = base.num_tokens(_truncated(depth))
+    assert np.all(tokens[rows, n:] == 0)                     # masked tokens are 0
+    np.testing.assert_array_equal(on_T[rows].sum(1), n)
+    # every row scored under the plan of this depth (the three plans share one compilation), the
+    # rows of this depth compared
+    forced, xs = controller.plan_inputs(tokens[:, :n], _truncated(depth), COUNT_DECS)
+    want_lp, want_ent = _log_prob_padded(params, forced, xs, decisions=COUNT_DECS)
+    np.testing.assert_allclose(np.asarray(logp)[rows], np.asarray(want_lp)[rows], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ent)[rows], np.asarray(want_ent)[rows], atol=1e-5)
+
+
+def test_always_open_gates_change_nothing():
+  """Gates that never close (at_least=0) give the ungated plan's tokens and log-probs: the gated
+  scan computes what the plain one does."""
+  plain = _truncated(3)
+  open_gates = (plain[0],) + tuple(base.gated(s, 0, 0) for s in plain[1:])
+  params = controller.init(jax.random.key(34), COUNT_DECS, PEAKY)
+  kw = dict(decisions=COUNT_DECS, m=16)
+  t1, lp1, e1 = controller.sample(params, jax.random.key(35), plan=plain, **kw)
+  t2, lp2, e2 = controller.sample(params, jax.random.key(35), plan=open_gates, **kw)
+  np.testing.assert_array_equal(t1, t2)
+  np.testing.assert_allclose(lp1, lp2, atol=1e-6)
+  np.testing.assert_allclose(e1, e2, atol=1e-6)
+
+
+def test_a_gate_must_be_an_earlier_choice_step():
+  params = controller.init(jax.random.key(36), COUNT_DECS)
+  for plan in ((base.gated(choice(1), 1, 1), choice(0)),     # itself / a later step
+               (choice(1), anchor(0), base.gated(choice(1), 1, 1))):   # an anchor step
+    with pytest.raises(ValueError, match="not an earlier choice step"):
+      controller.sample(params, jax.random.key(0), plan=plan, decisions=COUNT_DECS)

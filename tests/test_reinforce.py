@@ -331,3 +331,71 @@ def test_feedback_refuses_rewards_that_do_not_match_the_proposed_children():
     searcher.feedback(state, tokens, np.ones(3, np.float32), plan, decisions)
   state, metrics = searcher.feedback(state, tokens, np.ones(4, np.float32), plan, decisions)
   assert np.isfinite(metrics["loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# gated steps (a count token that shortens the plan)
+
+# "n" picks the depth n + 1 of up to 3 layers, each a choice of decision "w" (4 choices, used by
+# nothing else); a last step "y" after the layers is active in every plan.
+GATED_DECS = (Decision("n", 3), Decision("w", 4), Decision("y", 2))
+GATED_PLAN = ((choice(0), choice(1), base.gated(choice(1), 0, 1), base.gated(choice(1), 0, 2),
+               choice(2)))
+
+
+def test_masked_steps_get_no_gradient():
+  params = controller.init(jax.random.key(5), GATED_DECS, PEAKY)
+  tokens = np.array([[0, 3, 0, 0, 1], [1, 2, 1, 0, 0], [0, 1, 0, 0, 0]], np.int32)
+  rewards, b = np.array([1.0, 0.2, 0.6], np.float32), 0.3
+  cfg = reinforce.ReinforceConfig(entropy_weight=0.1)
+  grads, aux = _grad(params, tokens, rewards, b, plan=GATED_PLAN, decisions=GATED_DECS, cfg=cfg)
+  # Any values in the masked positions (rows 0 and 2: layers 1 and 2; row 1: layer 2) give the
+  # same gradient, bit for bit.
+  changed = tokens.copy()
+  changed[[0, 0, 1, 2, 2], [2, 3, 3, 2, 3]] = [3, 2, 1, 1, 3]
+  grads2, aux2 = _grad(params, changed, rewards, b, plan=GATED_PLAN, decisions=GATED_DECS,
+                       cfg=cfg)
+  jax.tree.map(np.testing.assert_array_equal, grads, grads2)
+  assert aux == aux2
+  # A batch of depth-1 samples gives the gradient of the plan without the gated steps.
+  short = tokens[[0, 2, 2]]
+  plain = (choice(0), choice(1), choice(2))
+  g_gated, _ = _grad(params, short, rewards, b, plan=GATED_PLAN, decisions=GATED_DECS, cfg=cfg)
+  g_plain, _ = _grad(params, short[:, [0, 1, 4]], rewards, b, plan=plain, decisions=GATED_DECS,
+                     cfg=cfg)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), g_gated, g_plain)
+
+
+def test_random_searcher_zeroes_masked_tokens():
+  s = searchers.RandomSearcher()
+  tokens, info = s.propose(s.init(None, GATED_DECS), jax.random.key(0), GATED_PLAN, GATED_DECS,
+                           2000)
+  assert set(tokens[:, 0]) == {0, 1, 2}
+  for t in tokens:
+    on = base.active_steps(GATED_PLAN, t)
+    assert np.all(t[~on] == 0) and on.sum() == 3 + t[0]
+  # mean over samples of its active steps' log-choices: log 3 + log 4 + log 2 + E[n] log 4
+  want = np.log(3) + np.log(4) + np.log(2) + tokens[:, 0].mean() * np.log(4)
+  assert info["entropy"] == pytest.approx(want)
+  assert np.mean(tokens[tokens[:, 0] == 2, 3] == 3) == pytest.approx(0.25, abs=0.06)
+
+
+def test_the_count_token_learns_a_planted_depth():
+  """Reward 1 for depth 3 (count token 2), 0.2 otherwise: no child training, just the controller."""
+  cfg = reinforce.ReinforceConfig(learning_rate=0.05)
+  state = reinforce.init_state(jax.random.key(6), GATED_DECS, cfg)
+  key = jax.random.key(7)
+  first = []
+  for i in range(60):
+    tokens, _, _ = controller.sample(state.params, jax.random.fold_in(key, i), plan=GATED_PLAN,
+                                     decisions=GATED_DECS, m=8)
+    depth = np.asarray(tokens)[:, 0] + 1
+    if i < 5:
+      first.append(np.mean(depth == 3))
+    state, _ = reinforce.update(state, tokens, np.where(depth == 3, 1.0, 0.2), plan=GATED_PLAN,
+                                decisions=GATED_DECS, cfg=cfg)
+  # p(n = k) is the first step's softmax: score each n alone on the one-step plan.
+  p = np.exp(np.asarray(_log_prob(state.params, np.arange(3, dtype=np.int32)[:, None],
+                                  plan=(choice(0),), decisions=GATED_DECS)[0]))
+  assert np.mean(first) < 0.6
+  assert p[2] > 0.9, p

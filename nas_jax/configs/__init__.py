@@ -5,12 +5,14 @@
 
 Each module's ``get_config(arg)`` returns a locked ``ml_collections.ConfigDict`` built on
 ``nas_jax.config.default_config``; change fields before ``nas_jax.core.search.run_search``.
+``custom`` is the config of a space of your own: ``run_search(custom.get_config(), workdir,
+space=MySpace())``.
 """
 
 import importlib
 
 NAMES = ("cnn_digits", "cnn_cifar10", "rnn_ptb", "rnn_ptb_cpu", "lm_ptb_small", "lm_ptb_medium",
-         "lm_ptb_nas", "cnn_digits_final", "cnn_cifar10_final")
+         "lm_ptb_nas", "cnn_digits_final", "cnn_cifar10_final", "custom")
 
 
 def get_config(name: str, arg: str | None = None):

@@ -17,6 +17,15 @@ as arrays padded to a bucket (32 steps, 8 anchors), so a search whose depth grow
 ...) compiles ``sample`` and the REINFORCE update once per bucket instead of once per depth; the
 padding steps are inactive (they contribute nothing) and PRNG keys are split per step, so the
 tokens of a plan do not depend on its padding.
+
+Gated steps (``base.gated``: a depth or any count chosen by an earlier choice step) keep the plan
+at its fixed length and the controller one scan: the scan carries the tokens drawn so far and
+computes each sample's mask inside the step, from its (sampled or forced) gate token, so sampling
+and re-scoring agree. A step masked out for a sample is skipped for that sample: it adds 0 to the
+log-probability and the entropy, leaves the LSTM state, the next input and the anchors as they were
+(so later steps see what a plan without that step would give them, and its tokens cannot change
+them), and its tokens come out as 0. Anchor bits that point at a skipped layer are masked too.
+Plans without gates trace the same computation as before gating existed.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nas_jax.spaces import base
 from nas_jax.spaces.base import CHOICE, Decision, Step
 
 Params = dict
@@ -146,6 +156,12 @@ class _PlanArrays:
                "anchor_slot": np.pad(self.anchor_slot, (0, pad)),
                "num_bits": np.pad(self.num_bits, (0, pad)),
                "active": np.arange(self.padded_steps) < self.num_steps}
+    if base.is_gated(plan):   # only gated plans carry these, so the others trace exactly as before
+      base.check_gates(plan)
+      self.xs["gates"] = {
+          "gate": np.pad(np.array([s.gate for s in plan], np.int32), (0, pad), constant_values=-1),
+          "gate_min": np.pad(np.array([s.gate_min for s in plan], np.int32), (0, pad)),
+          "index": np.arange(self.padded_steps, dtype=np.int32)}
 
   def to_flat(self, tok_MxS, bits_MxSxL):
     """Flat tokens from the scan's per-step outputs (numpy)."""
@@ -186,9 +202,12 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
 
   ``xs`` holds the plan's per-step arrays (``_PlanArrays.xs``, traced). Returns (tok_MxS,
   bits_MxSxL, log_prob_M, entropy_M) over the padded steps; inactive steps give 0 and 0.
+  With ``xs["gates"]`` (a gated plan) the carry also holds each sample's tokens and active flags
+  so far (``tok_MxS``, ``on_MxS``) and which anchors it has written (``anchor_on_MxL``).
   """
   h_size = cfg.hidden_size
   num_steps = xs["active"].shape[0]
+  gated = "gates" in xs
   heads_w = params["head_w_DxHxC"]
   heads_b = params["head_b_DxC"]
   zeros = jnp.zeros((m, h_size))
@@ -197,6 +216,8 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
       tuple((zeros, zeros) for _ in range(cfg.num_lstm_layers)),       # LSTM state
       jnp.zeros((m, n_anchor, h_size)),                                # anchor hidden states h_j
       jnp.zeros((m, n_anchor, h_size)),                                # W_prev h_j
+      (jnp.zeros((m, num_steps), jnp.int32), jnp.zeros((m, num_steps), bool),
+       jnp.zeros((m, n_anchor), bool)) if gated else (),                # gate state
   )
   sampling = forced is None
   # split(key, n)[i] does not depend on n: a plan's keys are the same at any padding.
@@ -206,14 +227,19 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
     forced = (jnp.zeros((m, num_steps), jnp.int32),
               jnp.zeros((m, num_steps, n_anchor), jnp.int32))
   scan_xs = (xs["is_choice"], xs["decision"], xs["anchor_slot"], xs["num_bits"], xs["active"],
-             keys, forced[0].T, jnp.swapaxes(forced[1], 0, 1))
+             keys, forced[0].T, jnp.swapaxes(forced[1], 0, 1), xs.get("gates", {}))
   mask_DxC = jnp.asarray(np.arange(_max_choices(decisions)) < np.array(
       [[dec.num_choices] for dec in decisions]))   # is c a valid choice of decision d
 
   def step(carry, x):
-    inp, lstm_state, anchors_h, anchors_prev = carry
-    is_choice, d, slot, nbits, active, k, f_tok, f_bits = x
-    out, lstm_state = _lstm(params["lstm"], inp, lstm_state)
+    inp, lstm_state, anchors_h, anchors_prev, gate_state = carry
+    is_choice, d, slot, nbits, active, k, f_tok, f_bits, g = x
+    if gated:   # this step is on for a sample where its gate step is on and its token >= gate_min
+      tok_so_far, on_so_far, anchor_on = gate_state
+      gate = jnp.maximum(g["gate"], 0)
+      gate_open = on_so_far[:, gate] & (tok_so_far[:, gate] >= g["gate_min"])
+      on = active & ((g["gate"] < 0) | gate_open)
+    out, new_lstm_state = _lstm(params["lstm"], inp, lstm_state)
     k_choice, k_anchor = (jax.random.split(k) if sampling else (None, None))
 
     # Choice step: softmax head of decision d over its valid choices.
@@ -229,6 +255,8 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
     attn = jnp.tanh(anchors_prev + (out @ params["w_curr_HxH"])[:, None, :]) @ params["v_H"]
     attn = _shape_logits(attn, cfg)
     valid = jnp.arange(n_anchor) < nbits
+    if gated:   # no bits towards the anchors of skipped layers
+      valid = valid & anchor_on
     # Drawn anchor-major, (L, m): with partitionable threefry the draws of anchors j < L do not
     # depend on how far the anchor axis is padded.
     bits = (jax.random.bernoulli(k_anchor, jax.nn.sigmoid(attn).T).T.astype(jnp.int32)
@@ -245,12 +273,22 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
     new_anchors_prev = anchors_prev.at[:, slot].set(out @ params["w_prev_HxH"])
 
     pick = lambda a, b: jnp.where(is_choice, a, b)
-    carry = (pick(choice_inp, anchor_inp), lstm_state,
-             pick(anchors_h, new_anchors_h), pick(anchors_prev, new_anchors_prev))
+    new_carry = (pick(choice_inp, anchor_inp), new_lstm_state,
+                 pick(anchors_h, new_anchors_h), pick(anchors_prev, new_anchors_prev))
     ys = (pick(tok, 0), pick(jnp.zeros_like(bits), bits),
           jnp.where(active, pick(choice_logp, anchor_logp), 0.0),
           jnp.where(active, pick(choice_ent, anchor_ent), 0.0))
-    return carry, ys
+    if not gated:
+      return new_carry + ((),), ys
+    # A masked step is skipped: the carry stays as it was, its outputs are 0.
+    keep = lambda new, old: jnp.where(on.reshape(on.shape + (1,) * (new.ndim - 1)), new, old)
+    new_carry = jax.tree.map(keep, new_carry, (inp, lstm_state, anchors_h, anchors_prev))
+    gate_state = (tok_so_far.at[:, g["index"]].set(jnp.where(on & is_choice, tok, 0)),
+                  on_so_far.at[:, g["index"]].set(on),
+                  jnp.where(is_choice, anchor_on, anchor_on.at[:, slot].set(on)))
+    ys = (jnp.where(on, ys[0], 0), jnp.where(on[:, None], ys[1], 0), jnp.where(on, ys[2], 0.0),
+          jnp.where(on, ys[3], 0.0))
+    return new_carry + (gate_state,), ys
 
   _, (tok_SxM, bits_SxMxL, logp_SxM, ent_SxM) = jax.lax.scan(step, carry0, scan_xs)
   return (tok_SxM.T, jnp.swapaxes(bits_SxMxL, 0, 1), logp_SxM.sum(0), ent_SxM.sum(0))
@@ -276,7 +314,8 @@ def sample(params: Params, key: jax.Array, *, plan: tuple[Step, ...],
   Returns:
     (tokens_MxT int32, log_prob_M, entropy_M): flat tokens as laid out in
     ``search_spaces.base``, the log-probability sum_t log p(a_t | a_<t) of each, and the sum over
-    steps of each step's entropy.
+    steps of each step's entropy; both sums over the sample's active steps only (a gated step,
+    ``base.gated``, masked out by its gate token adds nothing, and its tokens are 0).
 
   Compiled once per plan bucket (not per plan); not itself traceable (the flat tokens are gathered
   on the host).
@@ -292,7 +331,8 @@ def log_prob(params: Params, tokens_MxT: jax.Array, *, plan: tuple[Step, ...],
   """Re-scores given tokens by teacher forcing; differentiable in ``params``.
 
   Returns:
-    (log_prob_M, entropy_M) with log_prob_M[k] = sum_t log p(a_t | a_<t) of architecture k.
+    (log_prob_M, entropy_M) with log_prob_M[k] = sum_t log p(a_t | a_<t) of architecture k, the
+    sums over its active steps (the tokens of masked steps are ignored: any value scores the same).
   """
   pa = _plan_arrays(tuple(plan), tuple(decisions))
   forced = pa.from_flat(tokens_MxT)

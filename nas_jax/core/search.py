@@ -47,9 +47,11 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
   """Runs (or resumes) a search in ``workdir``.
 
   Args:
-    cfg: a config from ``nas_jax.config.default_config()`` or an experiment file.
+    cfg: a config from ``nas_jax.config.default_config()`` or an experiment file
+      (``nas_jax.configs.custom`` for a space of your own: it has no space section).
     workdir: output directory; a previous run of the same config there is resumed.
-    space: a search space object; defaults to the one ``cfg.search_space`` names.
+    space: a search space object; defaults to the one ``cfg.search_space`` names (required
+      where that section is empty, ``search_space.name=""``).
     dataset: the data; defaults to ``cfg.data`` (``nas_jax.training.data.load``).
     evaluate_fn: ``(space, arch, dataset, key) -> ChildResult``; replaces the space's evaluator
       (e.g. a fake reward to test searchers).
@@ -81,8 +83,8 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
 
 
 def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
-  config = config_lib.parse(cfg)
-  space = space or config.search_space
+  config = config_lib.parse(cfg, space)   # checks the space searched against the config
+  space = config.search_space
   searcher = searchers.make_searcher(config.search.searcher, config.controller)
   evaluator = _evaluator(config, space, evaluate_fn, evaluate_batch_fn)
   metric = getattr(evaluator, "metric", base.ACCURACY)

@@ -70,11 +70,23 @@ class RandomSearcher:
         entropy += s.layer * math.log(2)
     tokens = np.concatenate([np.asarray(c, np.int32) for c in cols], axis=1) if cols else (
         np.zeros((m, 0), np.int32))
+    if base.is_gated(plan):   # masked steps: tokens 0, no entropy (as the controller gives them)
+      tokens, entropy = _mask_gated(tokens, plan, decisions)
     return tokens, {"entropy": entropy}
 
   def feedback(self, state, tokens, rewards, plan, decisions):
     del tokens, rewards, plan, decisions
     return {"step": state["step"] + 1}, {}
+
+
+def _mask_gated(tokens_MxT, plan, decisions):
+  """Zeroes the tokens of each sample's masked steps; the mean entropy of its active steps."""
+  step_entropy = np.array([math.log(decisions[s.decision].num_choices) if s.kind == CHOICE
+                           else s.layer * math.log(2) for s in plan])
+  on_MxS = np.stack([base.active_steps(plan, t) for t in tokens_MxT])
+  on_MxT = np.stack([base.active_tokens(plan, t) for t in tokens_MxT])
+  return (np.where(on_MxT, tokens_MxT, 0).astype(np.int32),
+          float(np.mean(on_MxS @ step_entropy)))
 
 
 def make_searcher(name: str, cfg: reinforce.ReinforceConfig):

@@ -18,6 +18,15 @@ Token layout (``tokens_T``, int32): the plan's steps in order; a choice step con
 (its choice index), an anchor step at layer ``i`` contributes ``i`` bits (is layer ``j < i`` an
 input of layer ``i``?). A plan with anchors has one per layer, in order: the k-th anchor step is at
 layer k (the controller raises ValueError otherwise).
+
+Decisions that shorten the plan (depth, or any count): a step may be *gated* by an earlier choice
+step (:func:`gated`): it is active only where that step is active and its token is at least
+``gate_min``. A plan keeps its fixed length (one compiled controller serves every depth); an
+inactive step is skipped by the controller: it adds nothing to the log-probability or the entropy
+(so REINFORCE gives it exactly no gradient), does not change what later steps see, and its tokens
+are 0. ``decode`` receives all the tokens and decodes the active ones (:func:`active_steps`). E.g.
+a depth of 1 to 4 layers: a ``depth`` decision with 4 choices first, then layer ``l``'s steps
+``gated(choice(d), by=0, at_least=l)``.
 """
 
 from __future__ import annotations
@@ -36,10 +45,16 @@ class Decision(NamedTuple):
 
 
 class Step(NamedTuple):
-  """One controller step. ``kind`` is "choice" (uses ``decision``) or "anchor" (uses ``layer``)."""
+  """One controller step. ``kind`` is "choice" (uses ``decision``) or "anchor" (uses ``layer``).
+
+  ``gate`` (-1: none) is the plan index of an earlier choice step; the step is active only where
+  that step is active and its token is >= ``gate_min`` (see :func:`gated`).
+  """
   kind: str
   decision: int = -1
   layer: int = -1
+  gate: int = -1
+  gate_min: int = 0
 
 
 CHOICE = "choice"
@@ -52,6 +67,46 @@ def choice(decision: int) -> Step:
 
 def anchor(layer: int) -> Step:
   return Step(ANCHOR, layer=layer)
+
+
+def gated(step: Step, by: int, at_least: int) -> Step:
+  """``step``, active only where the choice step at plan index ``by`` is active and its token is
+  ``>= at_least`` (e.g. layer ``l`` of a plan whose step ``by`` chooses the depth ``token + 1``:
+  ``at_least=l``)."""
+  return step._replace(gate=by, gate_min=at_least)
+
+
+def is_gated(plan: Sequence[Step]) -> bool:
+  """Does any step of ``plan`` depend on a count token (:func:`gated`)?"""
+  return any(s.gate >= 0 for s in plan)
+
+
+def check_gates(plan: Sequence[Step]) -> None:
+  """Raises ValueError unless every gate names an earlier choice step."""
+  for i, s in enumerate(plan):
+    if s.gate >= 0 and not (s.gate < i and plan[s.gate].kind == CHOICE):
+      raise ValueError(f"plan: step {i} is gated by step {s.gate}, which is not an earlier "
+                       "choice step")
+
+
+def active_steps(plan: Sequence[Step], tokens_T) -> np.ndarray:
+  """Which steps of ``plan`` the tokens make active (bool, one per step): the controller's rule.
+
+  All steps are active in a plan without gates.
+  """
+  check_gates(plan)
+  values = split_tokens(plan, tokens_T)
+  on = np.ones(len(plan), bool)
+  for i, s in enumerate(plan):
+    if s.gate >= 0:
+      on[i] = on[s.gate] and values[s.gate] >= s.gate_min
+  return on
+
+
+def active_tokens(plan: Sequence[Step], tokens_T) -> np.ndarray:
+  """Which tokens belong to active steps (bool, one per token; see :func:`active_steps`)."""
+  step_of = np.repeat(np.arange(len(plan)), [1 if s.kind == CHOICE else s.layer for s in plan])
+  return active_steps(plan, tokens_T)[step_of]
 
 
 def num_tokens(plan: Sequence[Step]) -> int:
