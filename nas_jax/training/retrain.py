@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import functools
 import json
 import os
 import re
@@ -322,29 +321,6 @@ def parse_arch(text: str, space: cnn.CNNSpace) -> tuple[cnn.CNNArch, list[int]]:
 # Training one child
 
 
-@functools.lru_cache(maxsize=8)
-def _programs(model, cfg: child_lib.TrainConfig, augment: bool,
-              steps_per_epoch: int) -> trainer.Programs:
-  """``trainer.classifier_programs`` of a Flax classifier (kept: a resumed child in the same
-  process, e.g. a notebook's rerun, is not compiled again)."""
-
-  def init(key, x):
-    # XLA's RngBitGenerator compiles ~3x faster than threefry for a net's initialisers (child.py).
-    key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
-    variables = model.init(key, x, train=False)
-    return variables["params"], variables.get("batch_stats", {})
-
-  def apply(params, batch_stats, arch, x, train):
-    del arch  # the model is built for its architecture
-    variables = {"params": params, "batch_stats": batch_stats}
-    if not train:
-      return model.apply(variables, x), batch_stats
-    logits, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    return logits, new_vars.get("batch_stats", {})
-
-  return trainer.classifier_programs(init, apply, cfg, augment, steps_per_epoch=steps_per_epoch)
-
-
 def flops(module, variables, input_shape: Sequence[int]) -> int:
   """XLA's FLOP count of one image's inference forward pass (see the module docstring)."""
   x = jnp.zeros((1, *input_shape), jnp.float32)
@@ -411,7 +387,7 @@ def train_child(model, dataset: data_lib.Dataset, cfg: child_lib.TrainConfig, ke
     FloatingPointError: the training loss became NaN/inf.
   """
   steps = trainer.steps_per_epoch(dataset, cfg)
-  progs = _programs(model, cfg, bool(dataset.augment), steps)
+  progs = child_lib._programs(model, cfg, bool(dataset.augment), steps)  # pylint: disable=protected-access
   schedule = trainer.learning_rate(cfg, steps)
   init_key, data_key, aug_key = jax.random.split(key, 3)
   train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
