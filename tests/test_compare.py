@@ -204,3 +204,31 @@ def test_cli(groups, tmp_path):
   lines = res.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: --workdirs: the metrics differ")
   assert f"group {groups['reinforce'][0]!r}" in lines[0] and f"group {ppl!r}" in lines[0]
+
+
+def test_dynamics_counts_repeats_concentration_and_failures_per_quarter():
+  # 8 children: a spread-out first half (two positions, 4 distinct vectors), then a collapse onto
+  # one vector sampled 4 times, one of them failed.
+  rows = [_row(0, (0, 0), 0.1), _row(1, (1, 1), 0.2), _row(2, (0, 1), 0.3), _row(3, (1, 0), 0.4),
+          _row(4, (1, 1), 0.9), _row(5, (1, 1), 0.9), _row(6, (1, 1), 0.0, failed=True),
+          _row(7, (1, 1), 0.8)]
+  steps = [{"step": s, "entropy": e} for s, e in enumerate((2.0, 2.0, 0.5, 0.1))]
+  d = analysis.dynamics(rows, steps, parts=2)
+  assert [(p["first"], p["last"]) for p in d] == [(0, 3), (4, 7)]
+  assert d[0]["unique_share"] == 1.0 and d[0]["repeat_share"] == 0.0
+  assert d[0]["mode_share"] == 0.5                 # each position: two 0s, two 1s
+  assert d[1]["unique_share"] == 0.25 and d[1]["mode_share"] == 1.0
+  assert d[1]["repeat_share"] == 1.0               # (1, 1) was already sampled in the first half
+  assert d[1]["failed_share"] == 0.25
+  assert d[1]["mean_reward"] == pytest.approx((0.9 + 0.9 + 0.0 + 0.8) / 4)
+  assert d[0]["entropy"] == 2.0 and d[1]["entropy"] == pytest.approx(0.3)
+
+
+def test_compare_dynamics_flag_prints_a_table_per_group(groups):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "compare.py"), "--dynamics",
+       "--group", "reinforce=" + ",".join(groups["reinforce"]), "--group",
+       "random=" + ",".join(groups["random"])],
+      capture_output=True, text=True, check=True).stdout
+  assert "**reinforce** (3 runs; mean over runs)" in out and "**random** (1 run;" in out
+  assert "| 0-1 |" in out and "| 6-7 |" in out and "mode share" in out

@@ -9,7 +9,8 @@ of the 95% t-interval (a group of one seed: one run, no interval), of the top-1/
 unique architectures (deduplicated by tokens, failed children left out), the mean reward of the
 first and last quarter, the share of failed children, wall time, unique architectures and the best
 value of the children's metric. ``--json FILE`` writes the numbers (per group and per workdir),
-``--plot FILE.png`` the top-k curves (the paper's Fig. 6). See
+``--plot FILE.png`` the top-k curves (the paper's Fig. 6), ``--dynamics`` a table per group of
+how the search moved (:func:`nas_jax.tools.analysis.dynamics`). See
 ``nas_jax.tools.analysis.compare_groups``.
 """
 
@@ -33,6 +34,9 @@ _BUDGET = flags.DEFINE_integer("budget", None, "Compare the first N architecture
                                "(default: all; they must then have the same number).")
 _JSON = flags.DEFINE_string("json", "", "Optional path for the numbers as JSON.")
 _PLOT = flags.DEFINE_string("plot", "", "Optional path for the top-k curves (PNG).")
+_DYNAMICS = flags.DEFINE_boolean("dynamics", False, "Also print, per group, how the search moved "
+                                 "quarter by quarter: reward, failures, repeats, how concentrated "
+                                 "the samples are, the controller's entropy.")
 
 
 def _fail(msg: str):
@@ -62,7 +66,8 @@ def _groups() -> dict[str, list[str]]:
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}; use --group, --workdirs, --budget, --json, --plot")
+    _fail(f"unexpected arguments {argv[1:]}; use --group, --workdirs, --budget, --json, --plot, "
+          "--dynamics")
   flag = "/".join(f for f, v in (("--group", _GROUP.value), ("--workdirs", _WORKDIRS.value)) if v)
   try:
     loaded = analysis.load_groups(_groups(), _BUDGET.value)
@@ -70,6 +75,8 @@ def main(argv):
     _fail(f"{flag}: {e}")
   result = analysis.compare_groups(loaded)
   print(analysis.comparison_markdown(result))
+  if _DYNAMICS.value:
+    print("\n" + analysis.dynamics_markdown(loaded))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(result, f, indent=1)

@@ -491,3 +491,68 @@ def comparison_markdown(result: dict) -> str:
       lines.append(f"best in {name}: {best['best_description']} (reward "
                    f"{best['best_reward']:.4f}, {best['workdir']})")
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# How a search moved: is the controller learning, collapsing, or stuck at uniform?
+
+
+def dynamics(rows: list[dict], steps: list[dict] | None, parts: int = 4) -> list[dict]:
+  """What a searcher sampled, part by part of its budget (``parts`` equal slices, in order).
+
+  Per slice: ``mean_reward`` (failed children's 0 included), ``failed_share``, ``unique_share``
+  (distinct token vectors / children), ``repeat_share`` (children whose tokens were sampled in an
+  earlier slice or earlier in this one), ``mode_share`` (per token position, the share of the
+  slice's children that took the position's most frequent value, averaged over positions: the
+  chance level of a uniform searcher is near 1 / options; 1.0 is a collapse onto one
+  architecture), and, where ``steps.jsonl`` has them, the controller's mean sampling
+  ``entropy`` over the slice's steps (nats per architecture).
+  """
+  out, seen = [], set()
+  n = len(rows)
+  for i in range(parts):
+    part = rows[i * n // parts:(i + 1) * n // parts]
+    if not part:
+      continue
+    keys = [tuple(r["tokens"]) for r in part]
+    repeats = 0
+    for k in keys:
+      repeats += k in seen
+      seen.add(k)
+    width = min(len(k) for k in keys)
+    modes = [max(np.unique([k[t] for k in keys], return_counts=True)[1]) / len(keys)
+             for t in range(width)]
+    step_ids = {r["step"] for r in part}
+    ents = [s["entropy"] for s in steps or () if s.get("step") in step_ids
+            and s.get("entropy") is not None]
+    out.append({"first": i * n // parts, "last": i * n // parts + len(part) - 1,
+                "mean_reward": float(np.mean([r["reward"] for r in part])),
+                "failed_share": float(np.mean([r["failed"] for r in part])),
+                "unique_share": len(set(keys)) / len(keys),
+                "repeat_share": repeats / len(keys),
+                "mode_share": float(np.mean(modes)) if modes else float("nan"),
+                "entropy": float(np.mean(ents)) if ents else None})
+  return out
+
+
+def dynamics_markdown(loaded: Groups, parts: int = 4) -> str:
+  """One table per group: :func:`dynamics` of each slice, mean over the group's seeds."""
+  lines = []
+  for name, group in loaded.runs.items():
+    per_run = [dynamics(r["rows"], r["steps"], parts) for r in group]
+    lines += [f"**{name}** ({len(group)} run{'s' if len(group) > 1 else ''}; mean over runs)", "",
+              "| architectures | mean reward | failed | unique | repeated | mode share | "
+              "entropy |", "|---|---|---|---|---|---|---|"]
+    for i, part in enumerate(per_run[0]):
+      cols = [d[i] for d in per_run if i < len(d)]
+      mean = lambda k: float(np.mean([c[k] for c in cols]))  # noqa: E731
+      ents = [c["entropy"] for c in cols if c["entropy"] is not None]
+      lines.append(f"| {part['first']}-{part['last']} | {mean('mean_reward'):.4f} | "
+                   f"{100 * mean('failed_share'):.1f}% | {100 * mean('unique_share'):.0f}% | "
+                   f"{100 * mean('repeat_share'):.0f}% | {mean('mode_share'):.3f} | "
+                   + (f"{np.mean(ents):.2f}" if ents else "–") + " |")
+    lines.append("")
+  lines.append("mode share: per token position, the share of children that took the position's "
+               "most frequent value (averaged over positions; 1.0 = one architecture). entropy: "
+               "the controller's sampling entropy per architecture (nats; steps.jsonl).")
+  return "\n".join(lines)
