@@ -304,11 +304,9 @@ def _cli(*args, timeout=300):
 
 
 @pytest.mark.slow
-def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path):
+def test_sigkill_and_rerun_gives_the_uninterrupted_history(tmp_path, quick_run):
   args = ["--config", "experiments/configs/cnn_digits_shared.py:quick"]
-  whole, killed = tmp_path / "whole", tmp_path / "killed"
-  out = _cli(*args, f"--workdir={whole}")
-  assert out.returncode == 0, out.stderr[-3000:]
+  whole, killed = quick_run[0], tmp_path / "killed"   # the in-process run of the same config
   history, ckpts = killed / "history.jsonl", killed / "checkpoints"
   rows = lambda: len(history.read_text().splitlines()) if history.exists() else -1
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"), *args,
