@@ -1,5 +1,9 @@
 """Process-wide settings: faster training on CPU, and a readable search log.
 
+:func:`progress_is_logged` tells ``run_search`` whether its one line per controller step is shown
+by logging (the experiment scripts, :func:`show_search_progress`) or must go to stderr (a notebook
+or script that set up no logging).
+
 :func:`tune_malloc` keeps the memory that XLA frees in the process's heap for the next step
 instead of handing every large buffer back to the operating system. Without it, glibc serves each
 multi-megabyte buffer (a language model's 400 x 10,000 logits, say) with a fresh ``mmap`` and
@@ -78,12 +82,36 @@ class _DropLibraryInfo:
     return "/orbax/" not in record.pathname
 
 
+def progress_is_logged() -> bool:
+  """Whether an INFO record of absl's logger reaches a handler someone configured.
+
+  True under ``absl.app`` (its handler is installed and ``--verbosity`` decides), after
+  :func:`show_search_progress`, or where the caller's own logging set-up passes INFO from
+  ``absl``; False for a plain script or notebook, where the record would be dropped (Python's
+  last-resort handler and absl's ``basicConfig`` show warnings only). ``run_search`` then writes
+  its progress line to stderr itself.
+  """
+  import logging  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  if absl_logging.get_absl_handler() in logging.root.handlers:
+    return True
+  logger = logging.getLogger("absl")
+  if not logger.isEnabledFor(logging.INFO):
+    return False
+  while logger is not None:
+    if any(h.level <= logging.INFO for h in logger.handlers):
+      return True
+    logger = logger.parent if logger.propagate else None
+  return False
+
+
 def show_search_progress(set_verbosity: bool = True) -> None:
   """Shows the search's INFO log (one line per controller step) without orbax's INFO chatter.
 
-  For notebooks and scripts that call ``nas_jax.core.search.run_search`` themselves (the experiment
-  scripts already do this, with ``set_verbosity=False`` so that ``--verbosity`` still rules);
-  warnings of every library still show.
+  ``run_search`` shows its progress line without this (on stderr, where logging would drop it);
+  call it in a notebook or script to have that line and the other INFO records of the search
+  through absl logging instead (the experiment scripts do, with ``set_verbosity=False`` so that
+  ``--verbosity`` still rules); warnings of every library still show.
   """
   import logging  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from nas_jax import config as config_lib
+from nas_jax import config as config_lib, runtime
 from nas_jax.core import distributed, searchers, workdir as workdir_lib
 from nas_jax.core.workdir import WorkdirError, WorkdirMismatchError  # noqa: F401  (public)
 from nas_jax.spaces import base
@@ -42,8 +43,8 @@ class SearchResult:
 
 def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, dataset=None,
                evaluate_fn: Callable[..., trainer.ChildResult] | None = None,
-               evaluate_batch_fn: Callable[..., Iterable[trainer.ChildResult]] | None = None
-               ) -> SearchResult:
+               evaluate_batch_fn: Callable[..., Iterable[trainer.ChildResult]] | None = None,
+               progress: bool = True) -> SearchResult:
   """Runs (or resumes) a search in ``workdir``.
 
   Args:
@@ -57,6 +58,10 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
       (e.g. a fake reward to test searchers).
     evaluate_batch_fn: ``(space, archs, dataset, keys) -> iterable of ChildResult`` in order;
       replaces the space's evaluator (``space.evaluator(cfg)``), which trains a step's children.
+    progress: one line per controller step (reward, baseline, children/min, elapsed, time left).
+      It is always logged at INFO (absl); where no logging set-up would show that (a notebook or
+      a script: :func:`nas_jax.runtime.progress_is_logged`), it is also written to stderr unless
+      ``progress=False``.
 
   Under ``jax.distributed`` every process runs this with the same config: the children of each
   step are shared out, all processes apply the same update, and only process 0 writes ``workdir``.
@@ -75,14 +80,14 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
     return shared_search.run(cfg, workdir, space=space, dataset=dataset)
   cluster = distributed.current()
   try:
-    return _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn)
+    return _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn, progress)
   except BaseException as e:  # the other processes stop too, instead of waiting for this one
     why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
     cluster.abort(f"process {cluster.index} stopped: {why}")
     raise
 
 
-def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
+def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn, show):
   config = config_lib.parse(cfg, space)   # checks the space searched against the config
   space = config.search_space
   searcher = searchers.make_searcher(config.search.searcher, config.controller)
@@ -110,7 +115,7 @@ def _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn):
           "start afresh with a new --workdir", workdir, len(kept),
           (kept[0].get("error") or "no error text").splitlines()[0])
     evaluate = cluster.shared(evaluator, config.search.gather_timeout_s)
-    progress = _Progress(num_steps, m, lambda s: space.num_layers(s * m))
+    progress = _Progress(num_steps, m, lambda s: space.num_layers(s * m), show)
     for step in range(start, num_steps):
       t_step = time.time()
       num_layers = space.num_layers(step * m)
@@ -217,10 +222,11 @@ class _Progress:
   ``summary.json`` say step 8). Time left is estimated per depth: the measured seconds per child
   at each depth the schedule has reached (compilation included), deeper children not yet seen
   scaled by their depth from the deepest one seen, plus the last step's controller time.
+  The line is logged at INFO and, with ``show`` where logging would not show it, printed to stderr.
   """
 
-  def __init__(self, num_steps: int, m: int, depth_of: Callable[[int], int]):
-    self.num_steps, self.m, self.depth_of = num_steps, m, depth_of
+  def __init__(self, num_steps: int, m: int, depth_of: Callable[[int], int], show: bool = True):
+    self.num_steps, self.m, self.depth_of, self.show = num_steps, m, depth_of, show
     self.t0, self.done = time.time(), 0
     self.per_depth: dict[int, list[float]] = {}   # depth -> [children seconds, children]
     self.t_controller = 0.0
@@ -253,14 +259,17 @@ class _Progress:
     elapsed = time.time() - self.t0
     rate = self.done / max(elapsed, 1e-9) * 60 if self.done else 0.0
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
-    logging.info(
-        "step %d (%d of %d) | layers %d | reward mean %.4f max %.4f | baseline %s -> %s | "
-        "entropy %.2f | loss %s | best %.4f | %.1f children/min | controller %.0f ms | "
-        "elapsed %s | eta %s",
-        step, step + 1, self.num_steps, num_layers, rewards.mean(), rewards.max(),
-        fmt(metrics.get("baseline")), fmt(metrics.get("new_baseline")), info["entropy"],
-        fmt(metrics.get("loss")), best["reward"] if best else 0.0, rate,
-        step_row["controller_seconds"] * 1e3, _duration(elapsed), _duration(self.eta(step)))
+    line = ("step %d (%d of %d) | layers %d | reward mean %.4f max %.4f | baseline %s -> %s | "
+            "entropy %.2f | loss %s | best %.4f | %.1f children/min | controller %.0f ms | "
+            "elapsed %s | eta %s")
+    args = (step, step + 1, self.num_steps, num_layers, rewards.mean(), rewards.max(),
+            fmt(metrics.get("baseline")), fmt(metrics.get("new_baseline")), info["entropy"],
+            fmt(metrics.get("loss")), best["reward"] if best else 0.0, rate,
+            step_row["controller_seconds"] * 1e3, _duration(elapsed), _duration(self.eta(step)))
+    logging.info(line, *args)
+    # After the record: absl's first record may itself set up logging (basicConfig).
+    if self.show and not runtime.progress_is_logged():
+      print(line % args, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

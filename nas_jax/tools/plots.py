@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from nas_jax.tools import analysis
 
@@ -149,6 +149,34 @@ def style_legend(labels: Sequence[str]) -> str:
                    f"{l}" for l in labels)
 
 
+def _integer_x(ax) -> None:
+  """Ticks at whole numbers of architectures, labelled without decimals or an offset."""
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
+
+
+def _k_styles(ks: Sequence[int]) -> list[dict[str, Any]]:
+  """Colour, marker and width per k: the first k widest, so curves that coincide (top-1 equal to
+  top-5 early in a search) show as a coloured line inside a wider one of another colour."""
+  markers = ["o", "s", "^", "D", "v", "P"]
+  return [{"color": f"C{i % 10}", "marker": markers[i % len(markers)],
+           "lw": max(2.8 - 0.8 * i, 0.9)} for i in range(len(ks))]
+
+
+def _marks(n: int, i: int, num: int) -> slice:
+  """About 8 markers along a curve of n points, shifted for the i-th of num curves so that the
+  markers of coinciding curves do not sit on each other."""
+  every = max(1, n // 8)
+  return slice(min(i * every // max(num, 1), max(n - 1, 0)), None, every)
+
+
+def _in_unit_interval(row_lists: Sequence[Sequence[dict]]) -> bool:
+  """Whether every finite reward lies in [0, 1] (an accuracy, or a reward such as accuracy³)."""
+  r = np.array([x.get("reward", 0.0) for rows in row_lists for x in rows], np.float64)
+  r = r[np.isfinite(r)]
+  return bool(r.size) and bool(((r >= 0) & (r <= 1)).all())
+
+
 def _faint_until(rows: Sequence[dict], k: int) -> int:
   """The number of first rows with fewer than k unique architectures that did not fail."""
   return int(np.searchsorted(analysis.unique_count_curve(list(rows)), k))
@@ -160,8 +188,10 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
 
   The curves are :func:`nas_jax.tools.analysis.unique_topk_curve`: an architecture sampled twice
   counts once (with its best reward), failed children are left out, n counts every architecture
-  sampled. One color per k, one line style per run (a label with "random" in it is dashed, the
-  others solid); where fewer than k unique architectures exist yet (the mean of those there are)
+  sampled. One colour, marker and width per k (the first k widest, so that curves which coincide,
+  top-1 equal to top-5, stay visible), one line style per run (a label with "random" in it is
+  dashed, the others solid); the legends sit outside the axes and n is ticked at whole numbers.
+  Where fewer than k unique architectures exist yet (the mean of those there are)
   the line is faint. With exactly two runs a second panel shows the first run's curve minus the
   second's, over their common length (the paper's Fig. 6 plots this difference, controller minus
   random). For several seeds per searcher see :func:`plot_topk_groups`.
@@ -179,20 +209,25 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
   else:
     ax, dax = fig.add_subplot(), None
   styles = run_styles(labels)
-  colors = [f"C{i}" for i in range(len(ks))]
+  kstyles = _k_styles(ks)
   curves, faint = {}, {}
   for label in labels:
     rows = list(runs[label])
     n = np.arange(1, len(rows) + 1)
-    for k, c in zip(ks, colors):
+    for i, (k, st) in enumerate(zip(ks, kstyles)):
       curves[label, k] = analysis.unique_topk_curve(rows, k)
       f = faint[label, k] = _faint_until(rows, k)
-      ax.plot(n[:f + 1], curves[label, k][:f + 1], color=c, ls=styles[label], lw=1.0, alpha=0.35)
-      ax.plot(n[f:], curves[label, k][f:], color=c, ls=styles[label], lw=1.5)
+      ax.plot(n[:f + 1], curves[label, k][:f + 1], color=st["color"], ls=styles[label],
+              lw=st["lw"] * 0.6, alpha=0.35, zorder=2 + i)
+      ax.plot(n, curves[label, k], color=st["color"], ls="none", marker=st["marker"], ms=4,
+              markevery=_marks(len(n), i, len(ks)), zorder=2 + i)
+      ax.plot(n[f:], curves[label, k][f:], color=st["color"], ls=styles[label], lw=st["lw"],
+              zorder=2 + i)
   ax.set_ylabel("mean reward of the top-k unique")
   ax.grid(alpha=0.3)
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  k_handles = [Line2D([], [], color=c, lw=2, label=f"top-{k}") for k, c in zip(ks, colors)]
+  _integer_x(ax)
+  k_handles = [Line2D([], [], color=st["color"], marker=st["marker"], ms=5, lw=st["lw"],
+                      label=f"top-{k}") for k, st in zip(ks, kstyles)]
   run_handles = [Line2D([], [], color="black", ls=styles[l], lw=1.5, label=l) for l in labels]
   leg = ax.legend(handles=k_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                   title="k", title_fontsize=8, frameon=False)
@@ -202,16 +237,19 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
   ax.set_title(title or "Top-k unique architectures: mean reward among the first n")
   if dax is not None:
     a, b = labels
-    for k, c in zip(ks, colors):
+    for i, (k, st) in enumerate(zip(ks, kstyles)):
       m = min(len(curves[a, k]), len(curves[b, k]))
       n, diff = np.arange(1, m + 1), curves[a, k][:m] - curves[b, k][:m]
       f = min(max(faint[a, k], faint[b, k]), m)
-      dax.plot(n[:f + 1], diff[:f + 1], color=c, lw=1.0, alpha=0.35)
-      dax.plot(n[f:], diff[f:], color=c, lw=1.5)
+      dax.plot(n[:f + 1], diff[:f + 1], color=st["color"], lw=st["lw"] * 0.6, alpha=0.35,
+               zorder=2 + i)
+      dax.plot(n, diff, color=st["color"], ls="none", marker=st["marker"], ms=4,
+               markevery=_marks(len(n), i, len(ks)), zorder=2 + i)
+      dax.plot(n[f:], diff[f:], color=st["color"], lw=st["lw"], zorder=2 + i)
     dax.axhline(0, color="black", lw=0.8)
     dax.set_ylabel(f"{a} − {b}", fontsize=9)
     dax.grid(alpha=0.3)
-    dax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_x(dax)
     dax.set_xlabel("number of architectures sampled (n)")
   else:
     ax.set_xlabel("number of architectures sampled (n)")
@@ -221,7 +259,8 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
 
 
 def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[int] = (1, 5, 15),
-                     path: str | None = None, *, title: str | None = None) -> Figure:
+                     path: str | None = None, *, title: str | None = None,
+                     unit_interval: bool | None = None) -> Figure:
   """Fig. 6 over seeds: top-k unique reward vs architectures sampled, mean and 95% t-interval.
 
   For each searcher (group) and k: :func:`nas_jax.tools.analysis.unique_topk_curve` of each seed's
@@ -236,8 +275,12 @@ def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[i
       length: the curves are cut to the shortest).
     ks: the k values, one panel each.
     path: if given, the figure is saved there (PNG).
+    unit_interval: clip the bands to [0, 1], where the mean of a bounded reward lies (an interval
+      of few seeds reaches past it); default: when every reward lies in [0, 1].
   """
   labels = list(groups)
+  if unit_interval is None:
+    unit_interval = _in_unit_interval([rows for runs in groups.values() for rows in runs])
   fig = Figure(figsize=(3.4 * len(ks) + 1.8, 3.6), dpi=DPI, layout="constrained")
   axes = np.atleast_1d(fig.subplots(1, len(ks), sharex=True, squeeze=False)[0])
   styles = run_styles(labels)
@@ -252,6 +295,8 @@ def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[i
           np.zeros((1, 0)))
       mean, lo, hi = analysis.t_band(curves)
       if len(seeds) > 1:
+        if unit_interval:
+          lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
         ax.fill_between(n, lo, hi, color=colors[label], alpha=0.18, linewidth=0, zorder=2)
       # later searchers drawn thinner on top: coinciding curves show both colours
       ax.plot(n, mean, color=colors[label], ls=styles[label], lw=2.0 - 0.3 * min(gi, 3),
@@ -262,7 +307,7 @@ def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[i
   for ax, k in zip(axes, ks):
     ax.set_title(f"top-{k}", fontsize=10)
     ax.set_xlabel("architectures sampled")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_x(ax)
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("mean reward of the top-k unique")
   fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False,
