@@ -83,3 +83,21 @@ def test_the_best_cell_of_a_search_can_be_retrained(tmp_path):
                        max_eval_tokens=1_000)
   result = lm.train(corpus, cell, lm_cfg, jax.random.key(0), ops=ops, evaluate_test=False)
   assert np.isfinite(result.valid_ppl) and result.valid_ppl < len(corpus.vocab)
+
+
+def test_the_reward_above_the_unigram_model_zeroes_cells_no_better_than_frequencies():
+  # train (4 tokens + the last target): a a a b c, whose targets a a b c give add-0.5 counts
+  # a 2.5, b 1.5, c 1.5 (of 5.5); valid a b a b: its 3 targets b a b have the unigram
+  # perplexity exp(-(2 ln(1.5/5.5) + ln(2.5/5.5)) / 3).
+  ids = lambda s: np.array(["abc".index(ch) for ch in s], np.int32)
+  corpus = ptb.Corpus(ids("aaabc"), ids("abab"), ids("ab"), ("a", "b", "c"), "char")
+  cfg = lm.LMConfig(max_train_tokens=4, max_eval_tokens=3)
+  u = np.exp(-(2 * np.log(1.5 / 5.5) + np.log(2.5 / 5.5)) / 3)
+  assert cell_children.unigram_ppl(corpus, cfg) == pytest.approx(u)
+  # The floor only lowers the reward, to 0 at or above the floor's perplexity.
+  for ppl in (5.0, 19.9, 20.1, 31.0, 1e300):
+    plain = cell_children.cell_reward(np.log(ppl))
+    assert plain == pytest.approx(80.0 / ppl ** 2)
+    floored = cell_children.cell_reward(np.log(ppl), 80.0, floor_ppl=20.0)
+    assert floored == pytest.approx(max(0.0, 80.0 / ppl ** 2 - 80.0 / 400.0), abs=1e-12)
+    assert (floored == 0.0) == (ppl > 20.0)

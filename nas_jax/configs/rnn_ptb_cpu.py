@@ -48,6 +48,7 @@ def get_config(arg: str | None = None):
     c.search.num_steps = 2
   elif arg == "short":
     c.search.num_steps = 24
+    c.controller.learning_rate = 0.01   # at 2.5e-3, 24 updates left the policy uniform
   elif arg:
     raise ValueError(f"rnn_ptb_cpu config: unknown argument {arg!r}; use ':short', ':quick' or "
                      "nothing")

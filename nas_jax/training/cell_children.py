@@ -79,6 +79,7 @@ def _train(space, ops, corpus, cfg, keys, vmapped, log_fn=None):
 def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellArch],
                    corpus: ptb.Corpus, cfg: lm.LMConfig, keys: Sequence[jax.Array], *,
                    reward_constant: float = 80.0, vmap: bool = True,
+                   reward_floor_ppl: float | None = None,
                    log_fn=None) -> list[trainer.ChildResult]:
   """Trains one LM per cell (all m at once when ``vmap``) and returns their rewards.
 
@@ -89,6 +90,8 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
     cfg: the child LM's config (``max_train_tokens``/``max_eval_tokens`` set a CPU budget).
     keys: one PRNG key per child (same key -> same child, vmapped or not).
     reward_constant: c in c / ppl^2.
+    reward_floor_ppl: if given, the reward is c * max(0, 1/ppl^2 - 1/floor^2): a cell no better
+      than this perplexity (e.g. :func:`unigram_ppl`) gets 0.
     vmap: train the m children in one vmapped program; False trains them one after another.
     log_fn: optional callable(str) for per-epoch progress.
 
@@ -117,11 +120,31 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
       results.append(trainer.failed_result(error, {"val_ppl": None, "train_ppl": None}, n_params,
                                            seconds))
       continue
-    # c / ppl^2 = c * exp(-2 * nll): no overflow for children with astronomic perplexities.
     results.append(trainer.ChildResult(
-        reward=reward_constant * math.exp(-2.0 * float(val_nll[k])),
+        reward=cell_reward(float(val_nll[k]), reward_constant, reward_floor_ppl),
         metrics={"val_ppl": math.exp(min(float(val_nll[k]), 700.0)),
                  "train_ppl": math.exp(min(float(train_nll[k]) / (cfg.batch_size * cfg.bptt),
                                            700.0))},
         param_count=n_params, failed=False, error="", seconds=seconds))
   return results
+
+
+def cell_reward(val_nll: float, reward_constant: float = 80.0,
+                floor_ppl: float | None = None) -> float:
+  """c / ppl^2 of a child whose validation loss per token is ``val_nll`` (ppl = exp(nll)), or
+  c * max(0, 1/ppl^2 - 1/floor^2) with a floor; computed as c * exp(-2 nll), which does not
+  overflow for astronomic perplexities."""
+  floor = 0.0 if floor_ppl is None else floor_ppl ** -2.0
+  return reward_constant * max(0.0, math.exp(-2.0 * val_nll) - floor)
+
+
+def unigram_ppl(corpus: ptb.Corpus, cfg: lm.LMConfig) -> float:
+  """Validation perplexity of the unigram model of a child's training targets (add-0.5 counts),
+  on the tokens a child is scored on (``max_train_tokens``/``max_eval_tokens`` as in training):
+  what an LM reaches by predicting token frequencies and ignoring the text before."""
+  train = np.asarray(corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens
+                     else corpus.train)
+  valid = np.asarray(corpus.valid[:cfg.max_eval_tokens + 1] if cfg.max_eval_tokens
+                     else corpus.valid)
+  counts = np.bincount(train[1:], minlength=len(corpus.vocab)) + 0.5   # the predicted tokens
+  return float(np.exp(-np.mean(np.log(counts[valid[1:]] / counts.sum()))))

@@ -52,15 +52,19 @@ def _log_fn(config):
 
 
 def cells(config: config_lib.Config) -> Evaluator:
-  """Language models with the searched cells, m at a time; reward c / ppl^2."""
+  """Language models with the searched cells, m at a time; reward c / ppl^2 (or above the
+  unigram model's, ``lm_child.reward_above_unigram``)."""
   lm_child = config.lm_child
 
   def evaluate_cells(space, archs, corpus, keys):
     if not archs:
       return []
+    floor = (cell_children.unigram_ppl(corpus, lm_child.lm) if lm_child.reward_above_unigram
+             else None)
     return _all_or_failed(archs, lambda: cell_children.evaluate_cells(
         space, archs, corpus, lm_child.lm, keys, reward_constant=lm_child.reward_constant,
-        vmap=lm_child.vmap, log_fn=_log_fn(config)), {"val_ppl": None, "train_ppl": None})
+        vmap=lm_child.vmap, reward_floor_ppl=floor, log_fn=_log_fn(config)),
+        {"val_ppl": None, "train_ppl": None})
   return Evaluator(evaluate_cells, base.PERPLEXITY)
 
 
