@@ -49,7 +49,8 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
   c.child = ml_collections.ConfigDict(dict(executor="exact", num_devices=0,
                                            **dataclasses.asdict(child.TrainConfig())))
   c.lm_child = ml_collections.ConfigDict(dict(
-      dataclasses.asdict(lm.LMConfig()), reward_constant=80.0, vmap=True))
+      dataclasses.asdict(lm.LMConfig()), reward_constant=80.0, vmap=True,
+      reward_above_unigram=False))
   r, ctrl = reinforce.ReinforceConfig(), controller.ControllerConfig()
   optional = {k: ml_collections.FieldReference(v, field_type=float)
               for k, v in dataclasses.asdict(ctrl).items() if v is None}
@@ -72,7 +73,8 @@ PER_HOST = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep
 RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
 # Fields added after workdirs were written without them, with the value those workdirs ran with.
 ADDED_FIELDS = {"child.lr_schedule": "constant", "lm_child.optimizer": "sgd",
-                "lm_child.weight_decay": 0.0}  # + every shared.* field (below SharedConfig)
+                "lm_child.weight_decay": 0.0, "lm_child.reward_above_unigram": False}
+# + every shared.* field (below SharedConfig)
 
 
 def run_digest(record: dict[str, Any]) -> str:
@@ -207,10 +209,16 @@ class ChildConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LMChildConfig:
-  """``config.lm_child``: the language model of a cell child, and its reward c / ppl^2."""
+  """``config.lm_child``: the language model of a cell child, and its reward c / ppl^2.
+
+  ``reward_above_unigram``: reward c * max(0, 1/ppl^2 - 1/ppl_u^2) instead, ppl_u the validation
+  perplexity of the unigram model of the child's training tokens: a cell whose LM does no better
+  than predicting character frequencies (e.g. one that zeroes its state) gets 0, as a diverged one.
+  """
   lm: lm.LMConfig = lm.LMConfig()
   reward_constant: float = 80.0
   vmap: bool = True
+  reward_above_unigram: bool = False
 
   def __post_init__(self):
     _check_ranges(_section("lm_child", self, self.lm))
@@ -251,6 +259,15 @@ class SharedConfig:
   ``learning_rate`` under ``lr_schedule``: constant, cosine (to ``lr_min`` over all the
   training steps) or sgdr (cosine restarts, first period ``lr_t0`` epochs, each next one
   ``lr_t_mul`` times longer: ENAS's). ``search.num_steps`` is not used.
+
+  The recurrent-cell space (``nas_jax.training.shared_rnn``): one language model of
+  ``lm_child``'s shape (layers, sizes, dropout, ``bptt``) holds every cell's weights; a minibatch
+  is one ``lm_child.bptt`` window of ``batch_size`` streams of the training text (its first
+  ``lm_child.max_train_tokens``, 0 = all; 0 ``train_steps``: one pass), the state carried; a
+  validation minibatch one window of ``eval_batch_size`` streams of the validation slice
+  (``lm_child.max_eval_tokens``), which the derive scores whole. The reward is
+  ``lm_child.reward_constant`` / ppl^2 (``reward_power`` stays 1); ``lm_child``'s training
+  recipe (epochs, learning rate, batch size) is the retrain's, not used here.
   """
   enabled: bool = False
   epochs: int = 10
@@ -322,16 +339,23 @@ class Config:
                         f"(the data of search space {self.search_space.name!r})")
     self.search_space.check_config(self)
     if self.shared.enabled:
-      _check_shared_space(self.search_space)
+      _check_shared_space(self.search_space, self)
 
 
-def _check_shared_space(space) -> None:
+def _check_shared_space(space, config: Config | None = None) -> None:
   """The space a weight-sharing search can run: the CNN space at one depth, odd filters, no
-  strides (one max-size network holds every child)."""
+  strides (one max-size network holds every child), or the recurrent-cell space (one language
+  model holds every cell's leaf projections); ``config``, if given, is checked against it."""
   from nas_jax.spaces.cnn import CNNSpace  # pylint: disable=import-outside-toplevel
+  from nas_jax.spaces.rnn_cell import RNNCellSpace  # pylint: disable=import-outside-toplevel
+  if isinstance(space, RNNCellSpace):
+    if config is not None:
+      _check_shared_cells(config)
+    return
   if not isinstance(space, CNNSpace):
-    raise ConfigError(f"config.shared.enabled: weight sharing is implemented for the CNN space, "
-                      f"not {type(space).__name__}; set shared.enabled=False")
+    raise ConfigError(f"config.shared.enabled: weight sharing is implemented for the CNN space "
+                      f"and the recurrent-cell space, not {type(space).__name__}; set "
+                      "shared.enabled=False")
   if space.layers_increment and (not space.max_layers or space.max_layers > space.start_layers):
     raise ConfigError("config.search_space.layers_increment: a weight-sharing search has one "
                       "depth (one shared network); set it to 0 (depth = start_layers)")
@@ -343,6 +367,18 @@ def _check_shared_space(space) -> None:
     if even:
       raise ConfigError(f"config.search_space.{name}: the shared network centres each filter in "
                         f"the largest one and needs odd sizes, got {even}")
+
+
+def _check_shared_cells(config: Config) -> None:
+  """What the shared language model of ``nas_jax.training.shared_rnn`` cannot do."""
+  sh, lm_cfg = config.shared, config.lm_child.lm
+  if sh.reward_power != 1.0:
+    raise ConfigError(f"config.shared.reward_power: a cell's reward is lm_child.reward_constant "
+                      f"/ ppl^2 (the exact cell search's); leave reward_power at 1, got "
+                      f"{sh.reward_power}")
+  if lm_cfg.tie_embeddings and lm_cfg.embed_size != lm_cfg.hidden_size:
+    raise ConfigError(f"config.lm_child.tie_embeddings: the tied softmax needs embed_size == "
+                      f"hidden_size, got {lm_cfg.embed_size} and {lm_cfg.hidden_size}")
 
 
 def parse(cfg: ml_collections.ConfigDict, space=None) -> Config:
@@ -386,12 +422,13 @@ def parse(cfg: ml_collections.ConfigDict, space=None) -> Config:
     space = space or built
   c = cfg.child
   ctrl = _fields(cfg.controller, controller.ControllerConfig)
-  lm_fields = {k: v for k, v in cfg.lm_child.items() if k not in ("reward_constant", "vmap")}
+  lm_fields = {k: v for k, v in cfg.lm_child.items()
+               if k not in ("reward_constant", "vmap", "reward_above_unigram")}
   return Config(
       seed=cfg.seed, data=DataConfig(**cfg.data), search_space=space,
       child=ChildConfig(c.executor, c.num_devices, _fields(c, child.TrainConfig)),
       lm_child=LMChildConfig(lm.LMConfig(**lm_fields), float(cfg.lm_child.reward_constant),
-                             cfg.lm_child.vmap),
+                             cfg.lm_child.vmap, bool(cfg.lm_child.reward_above_unigram)),
       controller=_fields(cfg.controller, reinforce.ReinforceConfig, controller=ctrl),
       search=SearchConfig(**{**cfg.search, "gather_timeout_s": float(cfg.search.gather_timeout_s)}),
       shared=_fields(cfg.shared, SharedConfig), flat=values)

@@ -12,7 +12,8 @@ space=MySpace())``.
 import importlib
 
 NAMES = ("cnn_digits", "cnn_cifar10", "rnn_ptb", "rnn_ptb_cpu", "lm_ptb_small", "lm_ptb_medium",
-         "lm_ptb_nas", "cnn_digits_final", "cnn_cifar10_final", "custom")
+         "lm_ptb_nas", "lm_ptb_cpu", "cnn_digits_final", "cnn_cifar10_final", "cnn_digits_shared",
+         "cnn_cifar10_shared", "rnn_ptb_shared_cpu", "rnn_ptb_shared", "custom")
 
 
 def get_config(name: str, arg: str | None = None):
