@@ -232,3 +232,27 @@ def test_compare_dynamics_flag_prints_a_table_per_group(groups):
       capture_output=True, text=True, check=True).stdout
   assert "**reinforce** (3 runs; mean over runs)" in out and "**random** (1 run;" in out
   assert "| 0-1 |" in out and "| 6-7 |" in out and "mode share" in out
+
+
+def test_a_reward_constant_scores_perplexity_runs_again_on_one_scale(tmp_path):
+  def rows(rewards_and_ppls):
+    out = []
+    for i, (reward, ppl) in enumerate(rewards_and_ppls):
+      r = _row(i, (i,), reward, failed=ppl is None)
+      r.pop("val_accuracy")
+      r["val_ppl"] = ppl
+      out.append(r)
+    return out
+  # A search whose rewards were floored (0 for ppl 25) and one with plain 80 / ppl^2.
+  a = _write(str(tmp_path / "a"), rows([(0.0, 25.0), (0.6, 10.0), (0.0, None), (0.0, 40.0)]),
+             metric=base.PERPLEXITY)
+  b = _write(str(tmp_path / "b"), rows([(0.2, 20.0), (0.05, 40.0), (0.8, 10.0), (0.0, None)]),
+             metric=base.PERPLEXITY)
+  loaded = analysis.load_groups({"a": [a], "b": [b]}, reward_constant=80.0)
+  assert [r["reward"] for r in loaded.runs["a"][0]["rows"]] == [0.128, 0.8, 0.0, 0.05]
+  assert [r["reward"] for r in loaded.runs["b"][0]["rows"]] == [0.2, 0.05, 0.8, 0.0]
+  plain = analysis.load_groups({"a": [a]})
+  assert [r["reward"] for r in plain.runs["a"][0]["rows"]] == [0.0, 0.6, 0.0, 0.0]
+  with pytest.raises(analysis.CompareError, match="rescores perplexities"):
+    analysis.load_groups({"x": [_write(str(tmp_path / "x"), _seed_rows(0.9))]},
+                         reward_constant=80.0)

@@ -32,6 +32,9 @@ _WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated search workdirs
                               "one (one run).")
 _BUDGET = flags.DEFINE_integer("budget", None, "Compare the first N architectures of each workdir "
                                "(default: all; they must then have the same number).")
+_REWARD_CONSTANT = flags.DEFINE_float(
+    "reward_constant", None, "Perplexity children: score every row as C / ppl^2 from its "
+    "perplexity, for searches run with different rewards (e.g. lm_child.reward_above_unigram).")
 _JSON = flags.DEFINE_string("json", "", "Optional path for the numbers as JSON.")
 _PLOT = flags.DEFINE_string("plot", "", "Optional path for the top-k curves (PNG).")
 _DYNAMICS = flags.DEFINE_boolean("dynamics", False, "Also print, per group, how the search moved "
@@ -67,10 +70,10 @@ def _groups() -> dict[str, list[str]]:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; use --group, --workdirs, --budget, --json, --plot, "
-          "--dynamics")
+          "--dynamics, --reward_constant")
   flag = "/".join(f for f, v in (("--group", _GROUP.value), ("--workdirs", _WORKDIRS.value)) if v)
   try:
-    loaded = analysis.load_groups(_groups(), _BUDGET.value)
+    loaded = analysis.load_groups(_groups(), _BUDGET.value, _REWARD_CONSTANT.value)
   except analysis.CompareError as e:
     _fail(f"{flag}: {e}")
   result = analysis.compare_groups(loaded)

@@ -317,13 +317,17 @@ class Groups(NamedTuple):
   runs: dict[str, list[dict]]
 
 
-def load_groups(groups: dict[str, Sequence[str]], budget: int | None = None) -> Groups:
+def load_groups(groups: dict[str, Sequence[str]], budget: int | None = None,
+                reward_constant: float | None = None) -> Groups:
   """Reads the workdirs of each group (a searcher's seeds) and checks that they compare.
 
   Args:
     groups: name (e.g. the searcher) -> its workdirs, one per seed.
     budget: compare the first ``budget`` architectures of each workdir (each must have that many);
       None: every workdir must have the same number.
+    reward_constant: for perplexity children, score every row again as ``reward_constant`` /
+      ppl^2 from its perplexity (failed rows keep 0), so that searches run with different rewards
+      (e.g. ``lm_child.reward_above_unigram``) compare on one scale; None keeps the rows' rewards.
 
   Raises:
     CompareError: a group without workdirs, a workdir without history, metrics that differ
@@ -368,6 +372,14 @@ def load_groups(groups: dict[str, Sequence[str]], budget: int | None = None) -> 
     r["rows"] = r["rows"][:budget]
   if budget < 1:
     raise CompareError(f"group {name0!r}: {r0['workdir']} has no architectures yet")
+  if reward_constant is not None:
+    metric = r0["metric"]
+    if metric.higher_is_better:
+      raise CompareError(f"a reward constant rescores perplexities; these children are ranked "
+                         f"by {metric.name}")
+    for _, r in every:
+      r["rows"] = [{**row, "reward": 0.0 if row["failed"] or row.get(metric.name) is None
+                    else reward_constant / float(row[metric.name]) ** 2} for row in r["rows"]]
   return Groups(r0["metric"], budget, runs)
 
 
