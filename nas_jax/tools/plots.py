@@ -151,7 +151,7 @@ def style_legend(labels: Sequence[str]) -> str:
 
 def _integer_x(ax) -> None:
   """Ticks at whole numbers of architectures, labelled without decimals or an offset."""
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
   ax.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
 
 
