@@ -20,13 +20,13 @@ derived cell at the exact search's child budget (one pass over 80,000 characters
 
 Runtime on the 2-core CPU (loaded by other jobs, load 5-8): search + derive 5 min 54 s (the
 phases 282 s, of which the first epoch 119 s and the derive 54 s, mostly compiling), retrain
-55 s: 6 min 49 s in all. Result (seed 0): the
-shared weights learn no more than the characters' unigram frequencies (training NLL 3.01
-nats/character, validation perplexity 20.09 for every cell that outputs ~0), the controller
-collapses onto such near-all-``mul`` cells, and the derived cell retrains to validation
-perplexity 31.83 (the exact ``rnn_ptb_cpu`` search's best: 9.56); random search with the same
-shared weights: 1 min 31 s (compilation cache warm), derived cell retrained to 283.80. docs/weight_sharing.md has
-the diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells; no measured result).
+55 s: 6 min 49 s in all. Result (seed 0): the shared weights learn no more than the characters'
+unigram frequencies (training NLL 3.01 nats/character, validation perplexity 20.09 for every
+cell that outputs ~0), the controller collapses onto such near-all-``mul`` cells, and the derived cell retrains to validation
+perplexity 31.83 (the exact ``rnn_ptb_cpu`` search's best: 9.56). Random search with the same
+shared weights: 1 min 31 s (compilation cache warm), its derived cell retrained to 283.80.
+docs/weight_sharing.md has the diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells;
+no measured result).
 """
 
 from nas_jax.configs import rnn_ptb_cpu
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None):
   s.derive_top_k = 5
   s.batch_size = 64
   s.eval_batch_size = 50
-  s.learning_rate = 20.0     # = the exact child's SGD (lr 1, clip 5 on the loss summed over BPTT 20)
+  s.learning_rate = 20.0     # the exact child's SGD: lr 1, clip 5 on the loss summed over 20 steps
   s.lr_min = 0.0
   s.lr_schedule = "cosine"
   s.momentum = 0.0

@@ -104,7 +104,8 @@ def run(cfg, workdir: str, *, space=None, dataset=None,
     raise config_lib.ConfigError("config.shared.enabled: the weight-sharing search runs in one "
                                  "process; start it without --distributed")
   space = space or config.search_space
-  config_lib._check_shared_space(space, config)  # pylint: disable=protected-access  (a space passed in)
+  # pylint: disable-next=protected-access  (a space passed in is checked too)
+  config_lib._check_shared_space(space, config)
   sh, m = config.shared, config.search.children_per_step
   searcher = searchers.make_searcher(config.search.searcher, config.controller)
   metric = _executor_class(space).metric
