@@ -5,6 +5,7 @@ uninterrupted history, and the :quick configs run end to end.
 
 import glob
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -234,12 +235,25 @@ def test_the_derived_architecture_is_what_train_child_retrains_with_arch(quick_r
   assert [c.tokens for c in plan.children] == [best["tokens"]]
 
 
-def test_random_search_uses_the_same_shared_weights_and_derive(tmp_path, digits):
-  search.run_search(_quick(searcher="random"), str(tmp_path), dataset=digits)
+def test_random_search_uses_the_same_shared_weights_and_derive(tmp_path, digits, capsys,
+                                                               monkeypatch):
+  monkeypatch.setattr(logging.getLogger("absl"), "level", logging.WARNING)  # as in a fresh process
+  cfg = _quick(searcher="random")
+  search.run_search(cfg, str(tmp_path), dataset=digits)
   steps = analysis.read_history(str(tmp_path / "steps.jsonl"))
   assert "loss" not in steps[0] and [s["evaluation"] for s in steps][-1] == "derive"
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["best"]["evaluation"] == "derive"
+  # Progress on stderr for a Python caller, as run_search's exact search gives it: one line per
+  # epoch, one for the derive phase; none with progress=False.
+  err = capsys.readouterr().err.splitlines()
+  epochs = cfg.shared.epochs
+  assert [l.split(" | ")[0] for l in err if l.startswith("epoch ")] == [
+      f"epoch {e + 1}/{epochs}" for e in range(epochs)]
+  assert len([l for l in err if l.startswith("derive: ")]) == 1
+  search.run_search(cfg, str(tmp_path / "off"), dataset=digits, progress=False)
+  err = capsys.readouterr().err.splitlines()
+  assert not [l for l in err if l.startswith(("epoch ", "derive: "))]
 
 
 def test_controller_learns_a_planted_architecture_under_shared_weights(tmp_path, digits):

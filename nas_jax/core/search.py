@@ -77,7 +77,7 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
     if evaluate_fn is not None or evaluate_batch_fn is not None:
       raise ValueError("evaluate_fn/evaluate_batch_fn replace the children's training; a "
                        "weight-sharing search (config.shared.enabled) has none to replace")
-    return shared_search.run(cfg, workdir, space=space, dataset=dataset)
+    return shared_search.run(cfg, workdir, space=space, dataset=dataset, progress=progress)
   cluster = distributed.current()
   try:
     return _run(cfg, workdir, cluster, space, dataset, evaluate_fn, evaluate_batch_fn, progress)

@@ -44,6 +44,7 @@ uninterrupted run; rows of that phase already in the history are reused where th
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -52,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nas_jax import config as config_lib
+from nas_jax import config as config_lib, runtime
 from nas_jax.core import searchers, workdir as workdir_lib
 from nas_jax.core import search as search_lib
 from nas_jax.spaces import base
@@ -84,7 +85,8 @@ def summarize(rows: list[dict], top_k: int) -> dict:
 
 
 def run(cfg, workdir: str, *, space=None, dataset=None,
-        reward_fn: Callable[[object, float], float] | None = None) -> search_lib.SearchResult:
+        reward_fn: Callable[[object, float], float] | None = None,
+        progress: bool = True) -> search_lib.SearchResult:
   """Runs (or resumes) a weight-sharing search in ``workdir`` (see the module docstring).
 
   Args:
@@ -95,6 +97,9 @@ def run(cfg, workdir: str, *, space=None, dataset=None,
     dataset: the data (default: ``cfg.data``): images, or a PTB ``Corpus``.
     reward_fn: ``(arch, value) -> reward``, value the executor's metric (CNN: accuracy; cells:
       validation perplexity), replacing the space's reward (tests: a planted reward).
+    progress: one line per epoch and one for the derive phase, logged at INFO and, where no
+      logging set-up would show it (:func:`nas_jax.runtime.progress_is_logged`), also written to
+      stderr unless ``progress=False``: as :func:`nas_jax.core.search.run_search` does.
 
   Returns:
     A :class:`nas_jax.core.search.SearchResult` whose ``best`` is the best derived row.
@@ -119,6 +124,7 @@ def run(cfg, workdir: str, *, space=None, dataset=None,
   if dataset is None:
     dataset = data_lib.load(config.data, config.seed)
   loop = _Loop(config, space, searcher, dataset, reward_fn)
+  loop.show = progress
   with wd, search_lib._Interrupt() as interrupt:  # pylint: disable=protected-access
     wd.open()
     start, state, rows = wd.restore(loop.init_state())
@@ -235,6 +241,7 @@ class _Loop:
     sh = config.shared
     self.sh, self.space, self.searcher, self.reward_fn = sh, space, searcher, reward_fn
     self.m, self.reusable = config.search.children_per_step, {}
+    self.show = True  # progress lines on stderr where no logging set-up shows them
     root = jax.random.key(config.seed)
     # Stream 0 initialises the searcher as the exact search does (same controller at step 0).
     self.init_key = jax.random.fold_in(root, 0)
@@ -371,20 +378,26 @@ class _Loop:
     name = self.ex.metric.name
     if step_row["evaluation"] == DERIVE:
       best = summarize(rows, 1)["best"]
-      logging.info("derive: %d architectures on the validation set | reward mean %.4f max %.4f "
-                   "| best %s (%s %s) | %.0fs", self.sh.derive_samples,
-                   step_row["reward_mean"], step_row["reward_max"],
-                   best["description"] if best else "-", name,
-                   fmt(best.get(name) if best else None), elapsed)
+      self._emit("derive: %d architectures on the validation set | reward mean %.4f max %.4f "
+                 "| best %s (%s %s) | %.0fs", self.sh.derive_samples,
+                 step_row["reward_mean"], step_row["reward_max"],
+                 best["description"] if best else "-", name,
+                 fmt(best.get(name) if best else None), elapsed)
       return
     left = self.sh.epochs - phase - 1
-    logging.info("epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
-                 "entropy %s | train %.1fs eval %.1fs controller %.1fs | eta %.0fs",
-                 phase + 1, self.sh.epochs, step_row["train_loss"], fmt(step_row["reward_mean"]),
-                 fmt(step_row["reward_max"]), fmt(step_row.get("baseline")),
-                 fmt(step_row["entropy"]), step_row["train_seconds"],
-                 step_row["children_seconds"], step_row["controller_seconds"],
-                 elapsed / phases_run * left)
+    self._emit("epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
+               "entropy %s | train %.1fs eval %.1fs controller %.1fs | eta %.0fs",
+               phase + 1, self.sh.epochs, step_row["train_loss"], fmt(step_row["reward_mean"]),
+               fmt(step_row["reward_max"]), fmt(step_row.get("baseline")),
+               fmt(step_row["entropy"]), step_row["train_seconds"],
+               step_row["children_seconds"], step_row["controller_seconds"],
+               elapsed / phases_run * left)
+
+  def _emit(self, line, *args):
+    """Logs a progress line at INFO; also to stderr where nothing would show that record."""
+    logging.info(line, *args)
+    if self.show and not runtime.progress_is_logged():
+      print(line % args, file=sys.stderr, flush=True)
 
 
 def _mean_metrics(metrics: list[dict]) -> dict:
