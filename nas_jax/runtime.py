@@ -82,6 +82,17 @@ class _DropLibraryInfo:
     return "/orbax/" not in record.pathname
 
 
+def log_progress(show: bool, line: str, *args) -> None:
+  """Logs a progress line at INFO (absl); also writes it to stderr where ``show`` and nothing
+  would show that record (:func:`progress_is_logged`). The searches' progress lines go here."""
+  import sys  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.info(line, *args)
+  # After the record: absl's first record may itself set up logging (basicConfig).
+  if show and not progress_is_logged():
+    print(line % args, file=sys.stderr, flush=True)
+
+
 def progress_is_logged() -> bool:
   """Whether an INFO record of absl's logger reaches a handler someone configured.
 

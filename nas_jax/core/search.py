@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -266,10 +265,7 @@ class _Progress:
             fmt(metrics.get("baseline")), fmt(metrics.get("new_baseline")), info["entropy"],
             fmt(metrics.get("loss")), best["reward"] if best else 0.0, rate,
             step_row["controller_seconds"] * 1e3, _duration(elapsed), _duration(self.eta(step)))
-    logging.info(line, *args)
-    # After the record: absl's first record may itself set up logging (basicConfig).
-    if self.show and not runtime.progress_is_logged():
-      print(line % args, file=sys.stderr, flush=True)
+    runtime.log_progress(self.show, line, *args)
 
 
 def _duration(seconds: float) -> str:

@@ -44,7 +44,6 @@ uninterrupted run; rows of that phase already in the history are reused where th
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable
 
@@ -378,26 +377,20 @@ class _Loop:
     name = self.ex.metric.name
     if step_row["evaluation"] == DERIVE:
       best = summarize(rows, 1)["best"]
-      self._emit("derive: %d architectures on the validation set | reward mean %.4f max %.4f "
+      runtime.log_progress(self.show, "derive: %d architectures on the validation set | reward mean %.4f max %.4f "
                  "| best %s (%s %s) | %.0fs", self.sh.derive_samples,
                  step_row["reward_mean"], step_row["reward_max"],
                  best["description"] if best else "-", name,
                  fmt(best.get(name) if best else None), elapsed)
       return
     left = self.sh.epochs - phase - 1
-    self._emit("epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
+    runtime.log_progress(self.show, "epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
                "entropy %s | train %.1fs eval %.1fs controller %.1fs | eta %.0fs",
                phase + 1, self.sh.epochs, step_row["train_loss"], fmt(step_row["reward_mean"]),
                fmt(step_row["reward_max"]), fmt(step_row.get("baseline")),
                fmt(step_row["entropy"]), step_row["train_seconds"],
                step_row["children_seconds"], step_row["controller_seconds"],
                elapsed / phases_run * left)
-
-  def _emit(self, line, *args):
-    """Logs a progress line at INFO; also to stderr where nothing would show that record."""
-    logging.info(line, *args)
-    if self.show and not runtime.progress_is_logged():
-      print(line % args, file=sys.stderr, flush=True)
 
 
 def _mean_metrics(metrics: list[dict]) -> dict:
