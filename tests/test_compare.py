@@ -256,3 +256,26 @@ def test_a_reward_constant_scores_perplexity_runs_again_on_one_scale(tmp_path):
   with pytest.raises(analysis.CompareError, match="rescores perplexities"):
     analysis.load_groups({"x": [_write(str(tmp_path / "x"), _seed_rows(0.9))]},
                          reward_constant=80.0)
+
+
+def test_a_weight_sharing_search_ranks_by_its_derive_rows(tmp_path):
+  # controller-step rows (one minibatch each) score higher than the derive rows (whole validation
+  # set): the top-k and the best must be the derive rows', the counts every row's
+  steps = [{**_row(i, (i,), 0.9 + i / 100), "evaluation": "shared"} for i in range(4)]
+  derive = [{**_row(4 + i, (10 + i,), r), "evaluation": "derive"}
+            for i, r in enumerate((0.5, 0.7, 0.6, 0.7))]
+  derive[3]["tokens"] = derive[1]["tokens"]  # one architecture derived twice counts once
+  rows = steps + derive
+  s = analysis.summarize(rows, ks=(1, 2))
+  assert s["ranked_by"] == "derive" and s["architectures"] == 8
+  assert s["top1_mean_reward"] == pytest.approx(0.7)
+  assert s["top2_mean_reward"] == pytest.approx(0.65)
+  assert s["best_description"] == derive[1]["description"]
+  assert s["mean_reward_first_quarter"] == pytest.approx(np.mean([0.9, 0.91]))
+  assert "ranked_by" not in analysis.summarize(steps, ks=(1,))  # an exact search: every row
+  shared = _write(str(tmp_path / "shared"), rows, m=4)
+  result = analysis.compare_groups(analysis.load_groups({"shared": [shared]}))
+  run = result["groups"]["shared"]["runs"][0]
+  assert run["best_reward"] == pytest.approx(0.7) and run["ranked_by"] == "derive"
+  assert "Weight-sharing searches (shared): top-k and best from their derive rows" in (
+      analysis.comparison_markdown(result))

@@ -164,6 +164,12 @@ def test_final_configs_validate_and_cifar10_is_densenets_recipe():
       retrain.parse_final(module.get_config(arg))
   for arg in ("v2", "v3"):
     retrain.parse_final(cnn_cifar10_final.get_config(arg))
+  # :search_budget trains as the search trained each child
+  budget = retrain.parse_final(cnn_digits_final.get_config("search_budget")).train
+  search = cnn_digits.get_config().child
+  assert (budget.epochs, budget.learning_rate, budget.lr_schedule, budget.batch_size) == (
+      search.epochs, search.learning_rate, "constant", search.batch_size) == (
+          4, search.learning_rate, "constant", 64)
   c = retrain.parse_final(cnn_cifar10_final.get_config()).train
   assert (c.epochs, c.batch_size, c.learning_rate, c.momentum, c.nesterov, c.weight_decay,
           c.lr_schedule) == (300, 64, 0.1, 0.9, True, 1e-4, "step")

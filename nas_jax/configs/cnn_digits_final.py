@@ -18,7 +18,11 @@ README's main-job workdir): its best architecture ``0:7x7x32<img 1:7x7x24<0 2:7x
 (validation 0.992, 0.996, 0.988, 1.000, 0.996; 48k-274k parameters): digits is saturated, so the
 five are one test image apart. One seed each; ``--config.seed`` gives others.
 
-``:quick`` is a tiny run for the tests (2 epochs on 128 images; no measured result).
+``:search_budget`` retrains with the budget the search gave each child (4 epochs at the search's
+constant learning rate, ``cnn_digits.py``'s child section): the weight-sharing search's derived
+architecture is compared with the exact search's children at that budget
+(docs/weight_sharing.md). ``:quick`` is a tiny run for the tests (2 epochs on 128 images; no
+measured result).
 """
 
 from nas_jax.configs import cnn_digits
@@ -27,6 +31,9 @@ from nas_jax.training import retrain
 
 def get_config(arg: str | None = None):
   c = retrain.default_final_config(cnn_digits.get_config())
+  if arg == "search_budget":  # the child section of cnn_digits.py as it is
+    c.lock()
+    return c
   c.child.epochs = 50
   c.child.batch_size = 64
   c.child.learning_rate = 0.1
@@ -39,6 +46,7 @@ def get_config(arg: str | None = None):
     c.child.batch_size = 32
     c.child.fast_compile = True
   elif arg:
-    raise ValueError(f"cnn_digits_final config: unknown argument {arg!r}; use ':quick' or nothing")
+    raise ValueError(f"cnn_digits_final config: unknown argument {arg!r}; use ':search_budget', "
+                     "':quick' or nothing")
   c.lock()
   return c

@@ -203,8 +203,14 @@ def summarize(rows: list[dict], ks=(1, 5, 15), metric: base.Metric = base.ACCURA
   architecture sampled twice counts once, with its best reward; failed children left out);
   ``unique_architectures`` counts distinct ``tokens``. The quarter means are over every row
   (a failed child's reward, 0, included: that is what the searcher got).
+
+  The top-k, the best and ``best_description`` come from :func:`ranking_rows`: for a
+  weight-sharing search its derive rows (``ranked_by``: ``"derive"``), each scored on the whole
+  validation set, not its controller-step rows scored on one minibatch; the counts and quarter
+  means from every row.
   """
   rewards = [r["reward"] for r in rows]
+  ranked = ranking_rows(rows)
   q = max(1, len(rewards) // 4)
   failed = sum(r["failed"] for r in rows)
   out = {"architectures": len(rows), "failed": failed,
@@ -212,16 +218,18 @@ def summarize(rows: list[dict], ks=(1, 5, 15), metric: base.Metric = base.ACCURA
          "mean_reward_first_quarter": float(np.mean(rewards[:q])) if rewards else float("nan"),
          "mean_reward_last_quarter": float(np.mean(rewards[-q:])) if rewards else float("nan"),
          "unique_architectures": len({arch_key(r) for r in rows})}
-  unique = sorted(unique_rewards(rows).values(), reverse=True)
+  if ranked is not rows:
+    out["ranked_by"] = "derive"
+  unique = sorted(unique_rewards(ranked).values(), reverse=True)
   for k in ks:
     out[f"top{k}_mean_reward"] = top_k_mean(unique, k)
-  best = best_row(rows)
+  best = best_row(ranked)
   if metric.higher_is_better:
     if best and best.get(metric.name) is not None:
       out[f"best_{metric.name}"] = best[metric.name]
   else:  # the paper compares the perplexities themselves
     per_arch: dict[str, float] = {}
-    for r in rows:
+    for r in ranked:
       if not r["failed"] and r.get(metric.name) is not None:
         key = arch_key(r)
         per_arch[key] = min(per_arch.get(key, math.inf), r[metric.name])
@@ -425,7 +433,7 @@ def compare_groups(loaded: Groups, ks=(1, 5, 15)) -> dict:
     for r in group:
       s = summarize(r["rows"], ks, loaded.metric)
       s["wall_seconds"], s["wall_seconds_from"] = wall_seconds(r["rows"], r["steps"])
-      best = best_row(r["rows"])
+      best = best_row(ranking_rows(r["rows"]))
       s["best_reward"] = float(best["reward"]) if best else None
       runs.append({"workdir": r["workdir"], **s})
     out["groups"][name] = {
@@ -493,6 +501,12 @@ def comparison_markdown(result: dict) -> str:
             "left out), as the paper's Fig. 6 counts models. ± is the half-width of the "
             f"{INTERVAL}; a group of one seed is one run, with no interval. Failed: share of the "
             f"children that failed or diverged. Wall time: {wall}."]
+  shared = [name for name, g in result["groups"].items()
+            if any(r.get("ranked_by") == "derive" for r in g["runs"])]
+  if shared:
+    lines.append(f"Weight-sharing searches ({', '.join(shared)}): top-k and best from their derive "
+                 "rows (each architecture scored on the whole validation set under the trained "
+                 "shared weights); counts, quarter means and failures from every row.")
   for name, g in result["groups"].items():
     if g.get("notes"):
       lines.append(f"Note: group {name}: " + "; ".join(g["notes"]) + ".")

@@ -507,7 +507,7 @@ def write_report(workdir: str, random_workdir: str | None = None,
            f"failed children are left out); {plots.style_legend(labels)}. The lower "
            f"panel is the difference {labels[0]} − {labels[1]}.", "", "![top-k](topk.png)"]
 
-  top = top_architectures(rows, 10, rs.metric)
+  top = top_architectures(analysis.ranking_rows(rows), 10, rs.metric)
   label = _metric_label(rs.metric) if rs.metric else None
   md += ["", "## Best architecture", ""]
   if not top:
