@@ -32,11 +32,12 @@ def test_the_command_is_installed_and_says_its_commands(tmp_path):
   scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
   assert scripts.get("nas-jax") == "nas_jax.cli:main"
   out = _nas_jax(cwd=tmp_path)
-  assert out.returncode == 2 and "search|train-child|train-lm|compare|report" in out.stdout
+  assert out.returncode == 2
+  assert "search|train-child|train-lm|compare|report|shared-seeds" in out.stdout
   out = _nas_jax("serch", cwd=tmp_path)
   assert out.returncode == 2
   assert out.stderr.strip() == ("error: nas-jax: unknown command 'serch'; one of search, "
-                                "train-child, train-lm, compare, report")
+                                "train-child, train-lm, compare, report, shared-seeds")
 
 
 def test_a_packaged_config_by_name_from_another_directory(tmp_path):
