@@ -61,7 +61,7 @@ def test_quick_digits_protocol_retrains_the_derived_best_and_resumes_without_rer
   assert 0.0 <= searched["val"] <= 1.0 and 0.0 <= searched["test"] <= 1.0
   assert searched["search_seconds"] > 0 and searched["retrain_seconds"] > 0
   assert ref["description"] == shared_seeds.QUICK_DIGITS_REFERENCE and ref["search_seconds"] is None
-  with open(os.path.join(root, "shared_seeds.json")) as f:
+  with open(os.path.join(root, "shared_seeds_digits.json")) as f:
     assert json.load(f)["runs"] == recs
 
   def no_run(cmd, log_path):
@@ -72,3 +72,7 @@ def test_quick_digits_protocol_retrains_the_derived_best_and_resumes_without_rer
                                 shared_seeds.QUICK_DIGITS_REFERENCE, cache=False, extra=[],
                                 quick=True)
   assert again == recs
+  # the full-size protocol does not read the quick runs back as its own
+  with pytest.raises(ValueError, match="quick"):
+    shared_seeds.protocol("digits", root, [0], ["random"], shared_seeds.QUICK_DIGITS_REFERENCE,
+                          cache=False, extra=[], quick=False)

@@ -19,9 +19,9 @@ README's exact 128-child search (``--reference``), retrained on its search's spl
 
 Every process starts with an empty compilation cache (``--compilation_cache_dir=``) unless
 ``--cache``: the wall times are those of a first run. A step whose output exists is not rerun
-(its time is read back from ``ROOT/shared_seeds.json``), so a cut-off protocol continues. Prints a
+(its time is read back from ``ROOT/shared_seeds_SPACE.json``), so a cut-off protocol continues. Prints a
 markdown table (mean over seeds ± the half-width of the 95% t-interval) and writes
-``ROOT/shared_seeds.json``.
+``ROOT/shared_seeds_SPACE.json``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SPACES = {
 
 _SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "Which protocol: the CNN on digits "
                            "or the recurrent cell on character-level PTB.")
-_ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs and shared_seeds.json.")
+_ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs and shared_seeds_SPACE.json.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (at least 3 for a spread).")
 _SEARCHERS = flags.DEFINE_list("searchers", ["reinforce", "random"], "search.searcher values.")
 _REFERENCE = flags.DEFINE_string("reference", None, "digits: the architecture retrained as the "
@@ -113,17 +113,22 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
     spec = {k: (v.split(":")[0] + ":quick" if k in ("search", "retrain") else v)
             for k, v in spec.items()}
   os.makedirs(root, exist_ok=True)
-  state_path = os.path.join(root, "shared_seeds.json")
+  state_path = os.path.join(root, f"shared_seeds_{space}.json")  # one per space: a root can hold both
   done = {}
   if os.path.exists(state_path):
     with open(state_path) as f:
-      done = {(r["group"], r["seed"]): r for r in json.load(f)["runs"] if r.get("complete")}
+      state = json.load(f)
+    if state.get("space") != space or state.get("quick", False) != quick:
+      raise ValueError(f"{state_path} holds the runs of space {state.get('space')!r}"
+                       f"{' (quick)' if state.get('quick') else ''}, not {space!r}"
+                       f"{' (quick)' if quick else ''}; pass another --root")
+    done = {(r["group"], r["seed"]): r for r in state["runs"] if r.get("complete")}
   cache_flags = [] if cache else ["--compilation_cache_dir="]
   records = []
 
   def save():
     with open(state_path + ".tmp", "w") as f:
-      json.dump({"space": space, "runs": records}, f, indent=1)
+      json.dump({"space": space, "quick": quick, "runs": records}, f, indent=1)
     os.replace(state_path + ".tmp", state_path)
 
   for seed in seeds:
@@ -214,8 +219,11 @@ def main(argv):
     reference = SPACES[_SPACE.value]["reference"]
     if _QUICK.value and _SPACE.value == "digits":
       reference = QUICK_DIGITS_REFERENCE
-  records = protocol(_SPACE.value, _ROOT.value, seeds, list(_SEARCHERS.value), reference,
-                     _CACHE.value, list(_EXTRA.value), _QUICK.value)
+  try:
+    records = protocol(_SPACE.value, _ROOT.value, seeds, list(_SEARCHERS.value), reference,
+                       _CACHE.value, list(_EXTRA.value), _QUICK.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   print(table(_SPACE.value, records))
   for r in records:
     print(f"{r['group']} s{r['seed']}: {r.get('description')}")

@@ -14,10 +14,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nas_jax import cli
+from nas_jax import cli, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "LM config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", runtime.COMPILATION_CACHE_DIR,
+    "JAX persistent compilation cache; '' disables. Default: $NAS_JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/nas_jax/jax_cache.")
 _TUNE_MALLOC = flags.DEFINE_bool(
     "tune_malloc", True, "Keep freed memory in the heap (glibc) so that large buffers are reused "
     "without page faults; faster CPU training (nas_jax.runtime.tune_malloc).")
@@ -28,8 +32,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _TUNE_MALLOC.value:
-    from nas_jax import runtime  # pylint: disable=g-import-not-at-top
     runtime.tune_malloc()
+  runtime.enable_compilation_cache(_CACHE.value)
   import jax  # pylint: disable=g-import-not-at-top
   from nas_jax.training import lm, lm_cells, ptb  # pylint: disable=g-import-not-at-top
   cfg = _CONFIG.value
