@@ -18,14 +18,13 @@ characters, zero state) of the first 8,000 validation characters, reward 80 / pp
 cells scored on the whole 8,000 characters, state carried. The third command retrains the
 derived cell at the exact search's child budget (one pass over 80,000 characters).
 
-Runtime on the 2-core CPU (loaded by other jobs, load 5-8): search + derive 5 min 54 s (the
-phases 282 s, of which the first epoch 119 s and the derive 54 s, mostly compiling), retrain
-55 s: 6 min 49 s in all. Result (seed 0): the shared weights learn no more than the characters'
-unigram frequencies (training NLL 3.01 nats/character, validation perplexity 20.09 for every
-cell that outputs ~0), the controller collapses onto such near-all-``mul`` cells, and the derived cell retrains to validation
-perplexity 31.83 (the exact ``rnn_ptb_cpu`` search's best: 9.56). Random search with the same
-shared weights: 1 min 31 s (compilation cache warm), its derived cell retrained to 283.80.
-docs/weight_sharing.md has the diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells;
+Runtime and result (2-core CPU, alone, empty compilation cache; seeds 0, 1, 2 by
+``python experiments/shared_seeds.py --space ptb --root /tmp/ws --seeds 0,1,2``): search + derive
+53 ± 19 s, retrain 16 s. The shared weights learn no more than the characters' unigram
+frequencies: every derived cell scores validation perplexity 20.07-20.09 under them, the
+controller collapses onto near-all-``mul`` cells, and the derived cell retrains to 25.61 ± 13.50
+(random search with the same weights: 51.95 ± 48.85; the LSTM at the same budget 25.44 ± 11.00;
+the exact ``rnn_ptb_cpu`` search's best, one run: 9.56). docs/weight_sharing.md has the diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells;
 no measured result).
 """
 
