@@ -85,6 +85,9 @@ def define_flags():
                     "config's CNN space, or of the paper's (CNNSpace() defaults: 6 layers, filters "
                     "24-64, skip connections), trained with the workload's data and recipe.")
   flags.DEFINE_bool("rerun", True, "Run the rerun pass (JAX contenders; the persistent cache).")
+  flags.DEFINE_integer("exact_workers", 0, "exact: children training side by side, as the exact "
+                       "evaluator's config.child.parallel_children (0: one per CPU core, 1 on an "
+                       "accelerator).")
   flags.DEFINE_integer("naive_children", 2, "Children for the naive baseline.")
   flags.DEFINE_integer("repeats", 3, "Rounds: fresh processes per contender, alternating.")
   flags.DEFINE_integer("seed", 0, "Seed of the random architectures and the children.")
@@ -429,7 +432,8 @@ def child_keys(seed: int, count: int, offset: int = 0):
 def worker_flags() -> dict:
   return {k: FLAGS[k].value for k in ("workload", "children", "m", "archs", "naive_children",
                                       "seed", "epochs", "max_train", "torch_device", "controller",
-                                      "matmul_size", "setup_dir", "executors", "space", "rerun")}
+                                      "matmul_size", "setup_dir", "executors", "space", "rerun",
+                                      "exact_workers")}
 
 
 def maxrss_mb() -> float:
@@ -559,9 +563,13 @@ def jax_worker(name: str, f: dict) -> dict:
   dev_data = dataset._replace(**{k: jax.device_put(getattr(dataset, k)) for k in dataset._fields
                                  if k.endswith(("_images", "_labels"))})
 
-  def run_exact(batch_archs, batch_keys):
-    return [child.evaluate(space.build(a, dataset.num_classes), dev_data, cfg, k).metrics[
-        "val_accuracy"] for a, k in zip(batch_archs, batch_keys)]
+  workers = child.parallel_children(f["exact_workers"])
+  res_extra = {"exact_workers": workers} if name == "exact" else {}
+
+  def run_exact(batch_archs, batch_keys):  # as the exact evaluator runs a step's children
+    return [r.metrics["val_accuracy"] for r in child.evaluate_many(
+        [space.build(a, dataset.num_classes) for a in batch_archs], dev_data, cfg, batch_keys,
+        workers=workers)]
 
   def run_vmap(batch_archs, batch_keys, conv_batching="unrolled"):
     from nas_jax.training import masked_children  # pylint: disable=g-import-not-at-top
@@ -588,7 +596,7 @@ def jax_worker(name: str, f: dict) -> dict:
             "vmap_grouped": lambda a, k: run_vmap(a, k, "grouped")}[name]
   passes = [p for p in (NAIVE_PASSES if name == "naive" else JAX_PASSES)
             if p != "rerun" or f["rerun"]]
-  res = {"device": device.device_kind, "platform": device.platform, "passes": {}}
+  res = {"device": device.device_kind, "platform": device.platform, "passes": {}, **res_extra}
   for p in passes:
     archs, keys = (archs_b, keys_b) if p == "search" else (archs_a, keys_a)
     if p == "rerun":

@@ -46,7 +46,7 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
       max_train=0, level="word"))
   space_fields = {f.name: f.default for f in dataclasses.fields(SPACES[space])} if space else {}
   c.search_space = ml_collections.ConfigDict(dict(space_fields, name=space))
-  c.child = ml_collections.ConfigDict(dict(executor="exact", num_devices=0,
+  c.child = ml_collections.ConfigDict(dict(executor="exact", num_devices=0, parallel_children=0,
                                            **dataclasses.asdict(child.TrainConfig())))
   c.lm_child = ml_collections.ConfigDict(dict(
       dataclasses.asdict(lm.LMConfig()), reward_constant=80.0, vmap=True,
@@ -68,8 +68,8 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
 
 # Fields that may differ between the processes of one search (they do not change what is
 # computed), and those that may also change when a run is resumed.
-PER_HOST = ("data.data_dir", "child.num_devices", "search.verbose", "search.keep_checkpoints",
-            "search.gather_timeout_s", "search.tensorboard")
+PER_HOST = ("data.data_dir", "child.num_devices", "child.parallel_children", "search.verbose",
+            "search.keep_checkpoints", "search.gather_timeout_s", "search.tensorboard")
 RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
 # Fields added after workdirs were written without them, with the value those workdirs ran with.
 ADDED_FIELDS = {"child.lr_schedule": "constant", "lm_child.optimizer": "sgd",
@@ -92,7 +92,7 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
                  "lm_child.test_batch_size",
                  "controller.accumulate_steps")
-_NON_NEGATIVE = ("child.num_devices", "search_space.layers_increment", "search_space.max_layers",
+_NON_NEGATIVE = ("child.num_devices", "child.parallel_children", "search_space.layers_increment", "search_space.max_layers",
                  "data.num_validation",
                  "data.max_train", "child.weight_decay", "controller.entropy_weight",
                  "lm_child.decay_after_epoch", "lm_child.max_train_tokens",
@@ -193,9 +193,15 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ChildConfig:
-  """``config.child``: the executor, its devices, and the child-training recipe."""
+  """``config.child``: the executor, its devices, and the child-training recipe.
+
+  ``parallel_children``: the ``exact`` executor's children training at once on one device (0:
+  one per core on a CPU, 1 on an accelerator): one child compiles while another trains. A child's
+  result does not depend on it.
+  """
   executor: str = "exact"
   num_devices: int = 0
+  parallel_children: int = 0
   train: child.TrainConfig = child.TrainConfig()
 
   def __post_init__(self):
@@ -426,7 +432,8 @@ def parse(cfg: ml_collections.ConfigDict, space=None) -> Config:
                if k not in ("reward_constant", "vmap", "reward_above_unigram")}
   return Config(
       seed=cfg.seed, data=DataConfig(**cfg.data), search_space=space,
-      child=ChildConfig(c.executor, c.num_devices, _fields(c, child.TrainConfig)),
+      child=ChildConfig(c.executor, c.num_devices, c.parallel_children,
+                        _fields(c, child.TrainConfig)),
       lm_child=LMChildConfig(lm.LMConfig(**lm_fields), float(cfg.lm_child.reward_constant),
                              cfg.lm_child.vmap, bool(cfg.lm_child.reward_above_unigram)),
       controller=_fields(cfg.controller, reinforce.ReinforceConfig, controller=ctrl),

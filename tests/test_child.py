@@ -65,3 +65,37 @@ def test_child_that_raises_is_recorded_as_failed(digits):
                        jax.random.key(0))
   assert res.failed and res.reward == 0.0
   assert "reshape" in res.error.lower() or "TypeError" in res.error, res.error
+
+
+def test_children_side_by_side_give_the_results_of_one_after_another_in_order(digits):
+  space = CNNSpace()
+  archs = [CNNArch((Layer(3, 3, 1, 1, 8, ()), Layer(5, 3, 1, 1, 8, (0,)))),
+           CNNArch((Layer(1, 3, 1, 1, 4, ()),)),
+           CNNArch((Layer(3, 5, 1, 1, 8, ()), Layer(3, 3, 1, 1, 4, ()))),
+           CNNArch((Layer(3, 3, 1, 1, 4, ()),))]
+  models = [space.build(a, 10) for a in archs]
+  models[2] = _ShapeBug()  # a failing child does not stop the ones after it
+  cfg = child.TrainConfig(epochs=2, batch_size=64, reward_last_epochs=1)
+  keys = [jax.random.key(k) for k in range(4)]
+  alone = list(child.evaluate_many(models, digits, cfg, keys, workers=1))
+  side_by_side = list(child.evaluate_many(models, digits, cfg, keys, workers=3))
+  assert [r.failed for r in side_by_side] == [False, False, True, False]
+  # the same numbers, bit for bit, in the order of the models
+  assert [r.metrics for r in side_by_side] == [r.metrics for r in alone]
+  assert [r.reward for r in side_by_side] == [r.reward for r in alone]
+  assert len({r.metrics["val_accuracy"] for r in alone}) > 1  # distinct children, not one repeated
+
+
+def test_parallel_children_auto_is_the_cpu_cores():
+  import os  # pylint: disable=import-outside-toplevel
+  assert child.parallel_children(3) == 3
+  assert child.parallel_children(0) == len(os.sched_getaffinity(0))  # the tests run on a CPU
+
+
+def test_cpu_conv_programs_use_xla_convolutions_unless_asked(monkeypatch):
+  opts = trainer.conv_compiler_options(fast_compile=True)
+  assert opts["xla_backend_optimization_level"] == 0
+  if trainer._cpu_conv_options_supported():  # pylint: disable=protected-access
+    assert "INDIVIDUAL_CONVOLUTION" not in opts["xla_cpu_experimental_ynn_fusion_type"]
+  monkeypatch.setenv("NAS_JAX_YNN_CONVOLUTIONS", "1")
+  assert trainer.conv_compiler_options(fast_compile=False) is None

@@ -101,6 +101,18 @@ def test_quick_digits_search_writes_workdir(tmp_path, digits):
     assert s["reward_max"] == pytest.approx(max(r["reward"] for r in rows if r["step"] == s["step"]))
 
 
+def test_children_trained_side_by_side_give_the_search_of_one_after_another(tmp_path, digits):
+  histories = {}
+  for n in (1, 3):
+    cfg = load_config("cnn_digits", "quick")
+    cfg.search.num_steps = 2
+    cfg.child.parallel_children = n
+    search.run_search(cfg, str(tmp_path / str(n)), dataset=digits)
+    histories[n] = comparable(read_rows(tmp_path / str(n)))
+  assert len(histories[1]) == 2 * cfg.search.children_per_step
+  assert histories[3] == histories[1]  # the same children, rewards and controller updates
+
+
 def test_interrupted_search_resumes_to_the_same_history(tmp_path):
   cfg = fake_config(steps=6)
   whole = tmp_path / "whole"

@@ -7,7 +7,9 @@ ranks children (:class:`nas_jax.spaces.base.Metric`). A space chooses its evalua
 :func:`exact` without defining anything.
 
 * :func:`exact` (image classifiers): each child compiled at its exact shapes and cached
-  (``nas_jax.training.child``); with several local devices (``config.child.num_devices``: 0 = all)
+  (``nas_jax.training.child``); on one device ``config.child.parallel_children`` children train
+  side by side (0: one per CPU core; 1 on an accelerator), see ``child.evaluate_many``; with
+  several local devices (``config.child.num_devices``: 0 = all)
   the children of a step are spread over them, one Python thread per device dispatching its
   children asynchronously (JAX releases the GIL while a device computes), and the results come
   back in order. A compiled program belongs to one device, so a child whose architecture already
@@ -102,12 +104,14 @@ def masked(config: config_lib.Config) -> Evaluator:
 
 
 def exact(config: config_lib.Config) -> Evaluator:
-  """Each child at its exact shapes, one after another on each local device."""
+  """Each child at its exact shapes; on one device ``child.parallel_children`` at once (0: as many
+  as a CPU has cores, 1 on an accelerator), on several one after another on each."""
   train_cfg, placed, log_fn = config.child.train, _OnDevice(), _log_fn(config)
   devices = local_devices(config.child.num_devices)
   # One single-thread queue per device: a child runs on the device it was assigned to.
   pools = ([concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"child-{d}")
             for d in range(len(devices))] if len(devices) > 1 else None)
+  workers = child.parallel_children(config.child.parallel_children) if pools is None else 1
   compiled_on = collections.OrderedDict()  # model -> indices of the devices it was compiled for
   # Wall seconds of recent children that compiled on their device (cold) and that did not (warm):
   # their ratio is the compile cost assign_devices weighs, as measured on this workload.
@@ -127,8 +131,8 @@ def exact(config: config_lib.Config) -> Evaluator:
   def evaluate_exact(space, archs, dataset, keys):
     models = [_build(space, arch, dataset.num_classes) for arch in archs]
     if pools is None:
-      for model, key in zip(models, keys):
-        yield evaluate_one(model, placed(dataset, devices[0]), key)
+      yield from child.evaluate_many(models, placed(dataset, devices[0]), train_cfg, keys,
+                                     workers=workers, evaluate_fn=evaluate_one)
       return
     built = [k for k, model in enumerate(models) if not isinstance(model, Exception)]
     known = {models[k]: set(compiled_on.get(models[k], ())) for k in built}

@@ -40,7 +40,7 @@ import optax
 
 from nas_jax.spaces.cnn import CNNArch
 from nas_jax.spaces.masked_cnn import MaskedArch, MaskedCNN, stack_archs
-from nas_jax.training import data as data_lib
+from nas_jax.training import data as data_lib, trainer
 
 
 def full_arch(net: MaskedCNN) -> MaskedArch:
@@ -142,7 +142,7 @@ def programs(net: MaskedCNN, cfg, augment: bool, steps_per_epoch: int,
     logits = apply_children(net, params, marcs_M, images[idx_B])
     return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B, axis=-1)
 
-  opts = {"xla_backend_optimization_level": 0} if cfg.fast_compile else None
+  opts = trainer.conv_compiler_options(cfg.fast_compile)
   return Programs(jax.jit(train_step, donate_argnums=(0, 1), compiler_options=opts),
                   jax.jit(eval_step, compiler_options=opts))
 

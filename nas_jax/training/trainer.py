@@ -23,6 +23,8 @@ error of :func:`diverged`; the children beside it keep training.
 
 from __future__ import annotations
 
+import functools
+import os
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
@@ -35,6 +37,38 @@ from nas_jax.training import data as data_lib, ptb
 
 if TYPE_CHECKING:
   from nas_jax.training.child import TrainConfig
+
+
+# XLA:CPU (jaxlib 0.10) hands dots, convolutions and reductions to YNNPACK by default, whose
+# convolutions here run ~1.5x slower than XLA's own multi-threaded (Eigen) ones: one SGD step of
+# a 6-layer child of the paper's space, batch 64, 88 ms against 57 ms on the 2-core machine, and
+# 22 s against 17-18 s for 4 digits children (benchmarks/README.md). So conv programs keep
+# YNNPACK's dots and reductions only. NAS_JAX_YNN_CONVOLUTIONS=1 keeps XLA's default; a jaxlib
+# without the option is left as it is.
+_CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@functools.cache
+def _cpu_conv_options_supported() -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_CONV_OPTIONS).lower(np.float32(0)).compile()
+  except jax.errors.JaxRuntimeError:  # an XLA without the option (or without that enum value)
+    return False
+  return True
+
+
+def conv_compiler_options(fast_compile: bool) -> dict[str, Any] | None:
+  """The ``compiler_options`` of a program that trains or evaluates conv children.
+
+  ``fast_compile``: XLA's backend optimisation level 0 (see ``TrainConfig``). On the CPU backend,
+  convolutions by XLA's own kernels rather than YNNPACK's (``_CPU_CONV_OPTIONS``).
+  """
+  opts: dict[str, Any] = {"xla_backend_optimization_level": 0} if fast_compile else {}
+  if (jax.default_backend() == "cpu" and not os.environ.get("NAS_JAX_YNN_CONVOLUTIONS")
+      and _cpu_conv_options_supported()):
+    opts.update(_CPU_CONV_OPTIONS)
+  return opts or None
 
 
 class ChildResult(NamedTuple):
@@ -196,7 +230,7 @@ def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augme
     init_state = children_map(init_state, (0, 0), devices)
     train_step = children_map(train_step, (0, 0, 0, 0, None, None, 0, 0, None), devices)
     eval_step = children_map(eval_step, (0, 0, 0, None, None, None, None), devices)
-  opts = {"xla_backend_optimization_level": 0} if cfg.fast_compile else None
+  opts = conv_compiler_options(cfg.fast_compile)
   return Programs(jax.jit(init_state, compiler_options=opts),
                   jax.jit(train_step, donate_argnums=(0, 1, 2), compiler_options=opts),
                   jax.jit(eval_step, compiler_options=opts))
