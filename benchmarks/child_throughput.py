@@ -88,6 +88,10 @@ def define_flags():
   flags.DEFINE_integer("exact_workers", 0, "exact: children training side by side, as the exact "
                        "evaluator's config.child.parallel_children (0: one per CPU core, 1 on an "
                        "accelerator).")
+  flags.DEFINE_enum("fast_compile", "config", ["config", "true", "false"], "JAX contenders: "
+                    "the workload config's child.fast_compile (digits: true, for its small "
+                    "children), or XLA's optimisation level 0 (true) or its default (false: "
+                    "faster for the paper's 6-layer children, also when cold).")
   flags.DEFINE_integer("naive_children", 2, "Children for the naive baseline.")
   flags.DEFINE_integer("repeats", 3, "Rounds: fresh processes per contender, alternating.")
   flags.DEFINE_integer("seed", 0, "Seed of the random architectures and the children.")
@@ -96,7 +100,7 @@ def define_flags():
   flags.DEFINE_bool("tune_malloc", False, "nas_jax.runtime.tune_malloc() in every measurement "
                     "process (the search entry points call it).")
   flags.DEFINE_string("json", "", "Output JSON (default: benchmarks/results/child_throughput"
-                      "[_WORKLOAD].json, or main_job_memory.json).")
+                      "[_WORKLOAD][_paper].json, or main_job_memory.json).")
   flags.DEFINE_bool("controller", True, "Time the controller's step (compiles it, untimed).")
   flags.DEFINE_bool("main_job_memory", False, "Measure the main job's peak resident memory only.")
   flags.DEFINE_integer("main_job_steps", 2, "Controller steps of the --main_job_memory search.")
@@ -346,6 +350,8 @@ def setup(f):
   exp, dataset = workload(f["workload"], f["max_train"])
   parsed = config_lib.parse(exp)
   space, cfg = make_space(f, parsed.search_space), parsed.child.train
+  if f["fast_compile"] != "config":
+    cfg = dataclasses.replace(cfg, fast_compile=f["fast_compile"] == "true")
   if f["epochs"]:
     cfg = dataclasses.replace(cfg, epochs=f["epochs"],
                               reward_last_epochs=min(cfg.reward_last_epochs, f["epochs"]))
@@ -433,7 +439,7 @@ def worker_flags() -> dict:
   return {k: FLAGS[k].value for k in ("workload", "children", "m", "archs", "naive_children",
                                       "seed", "epochs", "max_train", "torch_device", "controller",
                                       "matmul_size", "setup_dir", "executors", "space", "rerun",
-                                      "exact_workers")}
+                                      "exact_workers", "fast_compile")}
 
 
 def maxrss_mb() -> float:
@@ -922,7 +928,8 @@ def main(argv):
   out["architectures"] = {"a": analysis["archs_a"], "b": analysis["archs_b"]}
   print_report(out)
   default = "benchmarks/results/child_throughput" + (
-      "" if FLAGS.workload == "digits" else f"_{FLAGS.workload}") + ".json"
+      "" if FLAGS.workload == "digits" else f"_{FLAGS.workload}") + (
+      "_paper" if FLAGS.space == "paper" else "") + ".json"
   common.write_json(FLAGS.json or default, out)
 
 
