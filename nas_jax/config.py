@@ -92,8 +92,8 @@ _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
                  "lm_child.bptt", "lm_child.epochs", "lm_child.eval_batch_size",
                  "lm_child.test_batch_size",
                  "controller.accumulate_steps")
-_NON_NEGATIVE = ("child.num_devices", "child.parallel_children", "search_space.layers_increment", "search_space.max_layers",
-                 "data.num_validation",
+_NON_NEGATIVE = ("child.num_devices", "child.parallel_children", "search_space.layers_increment",
+                 "search_space.max_layers", "data.num_validation",
                  "data.max_train", "child.weight_decay", "controller.entropy_weight",
                  "lm_child.decay_after_epoch", "lm_child.max_train_tokens",
                  "lm_child.max_eval_tokens")

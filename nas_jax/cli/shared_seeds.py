@@ -19,8 +19,8 @@ README's exact 128-child search (``--reference``), retrained on its search's spl
 
 Every process starts with an empty compilation cache (``--compilation_cache_dir=``) unless
 ``--cache``: the wall times are those of a first run. A step whose output exists is not rerun
-(its time is read back from ``ROOT/shared_seeds_SPACE.json``), so a cut-off protocol continues. Prints a
-markdown table (mean over seeds ± the half-width of the 95% t-interval) and writes
+(its time is read back from ``ROOT/shared_seeds_SPACE.json``), so a cut-off protocol continues.
+Prints a markdown table (mean over seeds ± the half-width of the 95% t-interval) and writes
 ``ROOT/shared_seeds_SPACE.json``.
 """
 
@@ -48,7 +48,8 @@ SPACES = {
 
 _SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "Which protocol: the CNN on digits "
                            "or the recurrent cell on character-level PTB.")
-_ROOT = flags.DEFINE_string("root", None, "Folder of the runs' workdirs and shared_seeds_SPACE.json.")
+_ROOT = flags.DEFINE_string("root", None,
+                            "Folder of the runs' workdirs and shared_seeds_SPACE.json.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (at least 3 for a spread).")
 _SEARCHERS = flags.DEFINE_list("searchers", ["reinforce", "random"], "search.searcher values.")
 _REFERENCE = flags.DEFINE_string("reference", None, "digits: the architecture retrained as the "
@@ -113,7 +114,7 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
     spec = {k: (v.split(":")[0] + ":quick" if k in ("search", "retrain") else v)
             for k, v in spec.items()}
   os.makedirs(root, exist_ok=True)
-  state_path = os.path.join(root, f"shared_seeds_{space}.json")  # one per space: a root can hold both
+  state_path = os.path.join(root, f"shared_seeds_{space}.json")  # a root can hold both spaces
   done = {}
   if os.path.exists(state_path):
     with open(state_path) as f:

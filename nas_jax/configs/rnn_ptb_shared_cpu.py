@@ -24,7 +24,8 @@ Runtime and result (2-core CPU, alone, empty compilation cache; seeds 0, 1, 2 by
 frequencies: every derived cell scores validation perplexity 20.07-20.09 under them, the
 controller collapses onto near-all-``mul`` cells, and the derived cell retrains to 25.61 ± 13.50
 (random search with the same weights: 51.95 ± 48.85; the LSTM at the same budget 25.44 ± 11.00;
-the exact ``rnn_ptb_cpu`` search's best, one run: 9.56). docs/weight_sharing.md has the diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells;
+the exact ``rnn_ptb_cpu`` search's best, one run: 9.56). docs/weight_sharing.md has the
+diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells;
 no measured result).
 """
 

@@ -120,11 +120,9 @@ def parallel_children(requested: int = 0) -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def in_order(pool: concurrent.futures.Executor, fn: Callable, *iterables) -> Iterator:
-  """``fn`` over the items, submitted at once to ``pool``, their results yielded in order (so a
-  caller records each as soon as it and those before it are done). Closing the iterator early
-  (an error, Ctrl-C) cancels the children not started yet."""
-  futures = [pool.submit(fn, *args) for args in zip(*iterables)]
+def in_order(futures: Sequence[concurrent.futures.Future]) -> Iterator:
+  """The futures' results in order (so a caller records each as soon as it and those before it
+  are done). Closing the iterator early (an error, Ctrl-C) cancels the ones not started yet."""
   try:
     for f in futures:
       yield f.result()
@@ -157,4 +155,4 @@ def evaluate_many(models: Sequence, dataset: data_lib.Dataset, cfg: TrainConfig,
     return
   with concurrent.futures.ThreadPoolExecutor(min(workers, len(models)),
                                              thread_name_prefix="child") as pool:
-    yield from in_order(pool, one, models, keys)
+    yield from in_order([pool.submit(one, model, key) for model, key in zip(models, keys)])

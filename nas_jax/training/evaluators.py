@@ -143,15 +143,10 @@ def exact(config: config_lib.Config) -> Evaluator:
       known[models[k]].add(d)
     futures = [pools[d].submit(evaluate_one, model, placed(dataset, devices[d]), key)
                for model, key, d in zip(models, keys, where)]
-    try:
-      for k, f in enumerate(futures):  # in order, so the search records each child at once
-        r = f.result()
-        if k in built and not r.failed:
-          seconds[cold[k]].append(r.seconds)
-        yield r._replace(metrics={**r.metrics, "device": str(devices[where[k]])})
-    finally:  # the search stopped early (error, Ctrl-C): don't start the step's other children
-      for f in futures:
-        f.cancel()
+    for k, r in enumerate(child.in_order(futures)):
+      if k in built and not r.failed:
+        seconds[cold[k]].append(r.seconds)
+      yield r._replace(metrics={**r.metrics, "device": str(devices[where[k]])})
   return Evaluator(evaluate_exact, base.ACCURACY)
 
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 # XLA:CPU (jaxlib 0.10) hands dots, convolutions and reductions to YNNPACK by default, whose
 # convolutions here run ~1.5x slower than XLA's own multi-threaded (Eigen) ones: one SGD step of
 # a 6-layer child of the paper's space, batch 64, 88 ms against 57 ms on the 2-core machine, and
-# 22 s against 17-18 s for 4 digits children (benchmarks/README.md). So conv programs keep
-# YNNPACK's dots and reductions only. NAS_JAX_YNN_CONVOLUTIONS=1 keeps XLA's default; a jaxlib
+# 22 s against 17-18 s for 4 such children trained on digits (benchmarks/README.md). So conv
+# programs keep YNNPACK's dots and reductions only. NAS_JAX_YNN_CONVOLUTIONS=1 keeps XLA's default; a jaxlib
 # without the option is left as it is.
 _CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
