@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import numpy as np
 import pytest
 
 from nas_jax.training import child, data, trainer
@@ -99,3 +100,68 @@ def test_cpu_conv_programs_use_xla_convolutions_unless_asked(monkeypatch):
     assert "INDIVIDUAL_CONVOLUTION" not in opts["xla_cpu_experimental_ynn_fusion_type"]
   monkeypatch.setenv("NAS_JAX_YNN_CONVOLUTIONS", "1")
   assert trainer.conv_compiler_options(fast_compile=False) is None
+
+
+PAPER_ARCH = CNNArch((Layer(5, 3, 1, 1, 36, ()), Layer(3, 7, 1, 1, 24, (0,)),
+                      Layer(1, 5, 1, 1, 64, (0, 1))))
+
+
+def test_host_init_draws_the_variables_of_model_init_in_distribution():
+  """CNNChild's variables drawn on the host: model.init's shapes, dtypes, constants and kernel
+  distribution (LeCun normal: truncated at 2 std, std 1/sqrt(fan-in)); the same key the same."""
+  model = CNNSpace().build(PAPER_ARCH, 10)
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  ours = child.host_init(model, jax.random.key(1), x)
+  ref = model.init(jax.random.key(1), x, train=False)
+  flat, ref_flat = (dict(jax.tree_util.tree_leaves_with_path(v)) for v in (ours, ref))
+  assert flat.keys() == ref_flat.keys()
+  kernels = 0
+  for path, a in flat.items():
+    b = np.asarray(ref_flat[path])
+    assert a.shape == b.shape and a.dtype == b.dtype, path
+    if path[-1].key == "kernel":
+      kernels += 1
+      fan_in = np.prod(a.shape[:-1])
+      assert np.std(a) * np.sqrt(fan_in) == pytest.approx(1.0, abs=0.05), path
+      assert np.abs(a).max() * np.sqrt(fan_in) <= 2.0 / 0.8796 + 1e-5, path
+      assert np.std(a) == pytest.approx(np.std(b), rel=0.1), path
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=str(path))  # zeros and ones
+  assert kernels == 3 * 1 + 1  # a conv per layer, the dense layer
+  again = child.host_init(model, jax.random.key(1), x)
+  other = child.host_init(model, jax.random.key(2), x)
+  jax.tree.map(np.testing.assert_array_equal, ours, again)
+  k = ("params", "Conv_0", "kernel")
+  assert not np.array_equal(ours[k[0]][k[1]][k[2]], other[k[0]][k[1]][k[2]])
+
+
+def test_exact_init_state_is_the_host_draw_and_zero_optimizer_state_of_every_schedule():
+  """The exact executor's init is host_init (no program to compile) and the optimiser state it
+  makes is tx.init's (all zeros) for each learning-rate schedule."""
+  model = CNNSpace().build(PAPER_ARCH, 10)
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  for schedule in ("constant", "step", "cosine"):
+    cfg = child.TrainConfig(epochs=2, lr_schedule=schedule)
+    progs = child._programs(model, cfg, False, 5)  # pylint: disable=protected-access
+    params, stats, opt_state = progs.init(jax.random.key(4), x)
+    variables = child.host_init(model, jax.random.key(4), x)
+    jax.tree.map(np.testing.assert_array_equal, params, variables["params"])
+    jax.tree.map(np.testing.assert_array_equal, stats, variables["batch_stats"])
+    expected = trainer.make_optimizer(cfg, 5).init(params)
+    assert jax.tree.structure(opt_state) == jax.tree.structure(expected), schedule
+    jax.tree.map(np.testing.assert_array_equal, opt_state, expected)
+    assert all(isinstance(a, jax.Array) for a in jax.tree.leaves((params, stats, opt_state)))
+
+
+class _CustomInit(nn.Module):
+  default_initializers = True  # wrongly: its variable is not one of Flax's layers'
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    w = self.param("w", nn.initializers.normal(), (x.shape[-1], 10))
+    return x.reshape(x.shape[0], -1)[:, :w.shape[0]] @ w
+
+
+def test_host_init_names_a_variable_it_cannot_draw():
+  with pytest.raises(ValueError, match=r"_CustomInit.default_initializers.*'w'.*model.init"):
+    child.host_init(_CustomInit(), jax.random.key(0), np.zeros((1, 4, 4, 1), np.float32))

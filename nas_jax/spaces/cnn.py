@@ -182,6 +182,8 @@ class CNNChild(nn.Module):
   """A child network built from a decoded :class:`CNNArch`."""
   arch: CNNArch
   num_classes: int
+  # Flax's default initialisers only: the exact executor draws them on the host (child.host_init).
+  default_initializers: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, x_BxHxWxC, train: bool = False):
