@@ -165,3 +165,17 @@ class _CustomInit(nn.Module):
 def test_host_init_names_a_variable_it_cannot_draw():
   with pytest.raises(ValueError, match=r"_CustomInit.default_initializers.*'w'.*model.init"):
     child.host_init(_CustomInit(), jax.random.key(0), np.zeros((1, 4, 4, 1), np.float32))
+
+
+def test_train_step_compiles_once_per_child_on_data_placed_on_a_device(digits):
+  """The host-drawn state is committed where the data is (the exact evaluator places it on a
+  device), so the train step's first call and those after it share one program."""
+  placed = digits._replace(**{f: jax.device_put(getattr(digits, f), jax.devices()[0])
+                              for f in ("train_images", "train_labels", "val_images",
+                                        "val_labels")})
+  cfg = child.TrainConfig(epochs=1, batch_size=64, reward_last_epochs=1)
+  model = CNNSpace().build(CNNArch((Layer(3, 3, 1, 1, 8, ()),)), 10)
+  res = child.evaluate(model, placed, cfg, jax.random.key(0))
+  assert not res.failed, res.error
+  progs = child._programs(model, cfg, False, trainer.steps_per_epoch(placed, cfg))  # pylint: disable=protected-access
+  assert progs.train_step._cache_size() == 1  # pylint: disable=protected-access

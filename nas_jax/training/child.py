@@ -144,7 +144,10 @@ def _host_init_state(model, tx, key, x):
   variables = host_init(model, key, x)
   params = variables["params"]
   opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
-  return jax.device_put((params, variables.get("batch_stats", {}), opt_state))
+  # On x's device, committed as the train step's outputs will be: a first step on uncommitted
+  # state would compile the train step a second time for the steps after it.
+  where = x.sharding if isinstance(x, jax.Array) else jax.devices()[0]
+  return jax.device_put((params, variables.get("batch_stats", {}), opt_state), where)
 
 
 def evaluate(model, dataset: data_lib.Dataset, cfg: TrainConfig, key: jax.Array, *,
