@@ -5,6 +5,8 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 
 import jax
@@ -397,3 +399,20 @@ def test_augment_preserves_constant_axes_and_crops_randomly():
 def test_augment_rejects_too_small_upsample():
   with pytest.raises(ValueError, match="upsample"):
     data.augment_batch(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), upsample=30)
+
+
+def test_digits_read_without_sklearn_are_load_digits(monkeypatch):
+  """The digits read from scikit-learn's CSV file are load_digits()'s, and loading them does not
+  import scikit-learn (~110 MB of resident memory in a search); without the file, load_digits."""
+  ref = load_digits()
+  code = ("import sys; from nas_jax.training import data; data._load_digits(); "
+          "print('sklearn' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False", out.stderr[-2000:]
+  for missing in (False, True):
+    if missing:
+      monkeypatch.setattr(data.os.path, "exists", lambda path: False)
+    images, labels = data._load_digits()  # pylint: disable=protected-access
+    np.testing.assert_array_equal(images[..., 0], (ref.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(labels, ref.target)
+    assert images.dtype == np.float32 and labels.dtype == np.int32

@@ -1,11 +1,16 @@
 """TensorBoard scalars (tensorboardX), read back with tensorboardX's own event-file reader."""
 
 import glob
+import os
+import subprocess
+import sys
 
 import pytest
 
 from nas_jax.spaces import base
 from nas_jax.tools import summaries
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _read_scalars(logdir):
@@ -91,3 +96,18 @@ def test_a_search_writes_one_point_per_controller_step(tmp_path):
   search.run_search(cfg, str(tmp_path / "off"), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_writer_does_not_import_an_installed_torch(tmp_path):
+  """tensorboardX imports PyTorch where it is installed (~350 MB resident); the Writer keeps it
+  out, and torch stays importable afterwards. A stand-in torch package shows each import."""
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("print('torch imported')\nTensor = object\n")
+  code = ("import sys; from nas_jax.tools import summaries; w = summaries.Writer(sys.argv[1]); "
+          "w.write_step(0, {'a': 1.0}); w.close(); print('after writer'); import torch")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), ROOT]))
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True,
+                       text=True, env=env, check=True, cwd=str(tmp_path))
+  assert out.stdout.split() == ["after", "writer", "torch", "imported"], out.stdout + out.stderr
+  assert glob.glob(str(tmp_path / "w" / summaries.SUBDIR / "events.out.tfevents.*"))
