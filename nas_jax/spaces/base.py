@@ -160,6 +160,13 @@ class SearchSpace:
     raise NotImplementedError
 
   def build(self, arch: Hashable, num_classes: int):
+    """The child network of ``arch``: a hashable Flax module taking ``(images, train=bool)``.
+
+    A module whose every variable comes from the default initialiser of Flax's ``nn.Conv``,
+    ``nn.Dense`` or ``nn.BatchNorm`` may set the class attribute ``default_initializers = True``
+    (as ``CNNChild`` does): the ``exact`` executor then draws them on the host
+    (``nas_jax.training.child.host_init``) instead of compiling an init program per architecture.
+    """
     raise NotImplementedError
 
   def describe(self, arch: Hashable) -> str:
