@@ -146,7 +146,7 @@ def _host_init_state(model, tx, key, x):
   opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
   # On x's device, committed as the train step's outputs will be: a first step on uncommitted
   # state would compile the train step a second time for the steps after it.
-  where = x.sharding if isinstance(x, jax.Array) else jax.devices()[0]
+  where = x.sharding if isinstance(x, jax.Array) else jax.local_devices()[0]
   return jax.device_put((params, variables.get("batch_stats", {}), opt_state), where)
 
 
