@@ -69,9 +69,15 @@ def _summary_writer_class():
   (which this module never writes): ~350 MB more resident memory and ~1 s for a search process.
   A process that has imported torch already gets the plain import.
   """
-  if "torch" in sys.modules:
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError; tensorboardX handles that
+  try:
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    return SummaryWriter
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
   sys.modules["torch"] = None  # `import torch` raises ImportError; tensorboardX handles that
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel

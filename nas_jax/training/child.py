@@ -115,7 +115,7 @@ def host_init(model, key: jax.Array, x) -> dict:
   (as ``CNNChild`` does); a variable of another name raises ``ValueError``.
   """
   shapes = jax.eval_shape(lambda k: model.init(k, x, train=False), key)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  rng = trainer.host_rng(key)
 
   def draw(path, leaf):
     names = (path[0].key, path[-1].key)

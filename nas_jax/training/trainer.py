@@ -249,6 +249,11 @@ def accuracy(progs: Programs, params, batch_stats, arch, images, labels,
   return np.asarray(correct) / n
 
 
+def host_rng(key: jax.Array) -> np.random.Generator:
+  """A NumPy generator seeded by a JAX key's bits: host-side draws that follow the key."""
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
 class Fit(NamedTuple):
   val_accuracies: list   # per child: the validation accuracy of each epoch it finished
   errors: list           # per child: the exception that ended its training, or None
@@ -302,8 +307,7 @@ def fit_classifiers(programs: Callable[[], Programs], dataset: data_lib.Dataset,
     param_count = int(sum(p.size for p in jax.tree.leaves(params))) // len(keys)
     n = train_x.shape[0]
     bs = min(cfg.batch_size, n)
-    rngs = [np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel().tolist())
-            for k in data_keys]
+    rngs = [host_rng(k) for k in data_keys]
     step = 0
     for epoch in range(1, cfg.epochs + 1):
       perms = [rng.permutation(n) for rng in rngs]
