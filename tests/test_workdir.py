@@ -151,6 +151,17 @@ _LIMITED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("text, code", [
+    ('Error writing local file "/w/checkpoints/0/d": Failed to write: File too large '
+     "[os_error_code=27] [source locations='file.cc:12']", 27),
+    # The shape CI met: a JSON spec between the message and the code.
+    ("Error writing \"d\": [tensorstore_spec='{\"driver\": \"file\", \"recheck\": true}'] "
+     "[os_error_code=27]", 27),
+    ("Error: x [os_error_code='28']", 28)])
+def test_a_tensorstore_error_is_reported_in_the_systems_words(text, code):
+  assert workdir_lib._cause(ValueError(text)) == f"{os.strerror(code)} (errno {code})"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("limit", [40_000])  # config.json fits, the first checkpoint does not
 def test_a_full_disk_is_one_line_and_the_rerun_resumes_exactly(tmp_path, whole, limit):  # noqa: F811

@@ -326,9 +326,11 @@ class NoWorkdir(Workdir):
 def _cause(e: BaseException) -> str:
   """The operating system's words in an orbax/tensorstore error, e.g. "File too large"."""
   text = str(e)
-  m = re.search(r"([^:]+) \[os_error_code='?(\d+)'?\]", text)
+  # The code, not the words before it: tensorstore puts other annotations (a JSON spec) between
+  # the message and the code in some errors.
+  m = re.search(r"\[os_error_code='?(\d+)'?\]", text)
   if m:
-    return f"{m.group(1).strip()} (errno {m.group(2)})"
+    return f"{os.strerror(int(m.group(1)))} (errno {m.group(1)})"
   lines = text.strip().splitlines()
   return lines[-1][:300] if lines else type(e).__name__
 
