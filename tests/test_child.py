@@ -96,10 +96,23 @@ def test_parallel_children_auto_is_the_cpu_cores():
 def test_cpu_conv_programs_use_xla_convolutions_unless_asked(monkeypatch):
   opts = trainer.conv_compiler_options(fast_compile=True)
   assert opts["xla_backend_optimization_level"] == 0
-  if trainer._cpu_conv_options_supported():  # pylint: disable=protected-access
+  supported = trainer._cpu_conv_options()  # pylint: disable=protected-access
+  if "xla_cpu_experimental_ynn_fusion_type" in supported:
     assert "INDIVIDUAL_CONVOLUTION" not in opts["xla_cpu_experimental_ynn_fusion_type"]
+  assert opts.get("xla_cpu_use_fusion_emitters", False) is False
   monkeypatch.setenv("NAS_JAX_YNN_CONVOLUTIONS", "1")
   assert trainer.conv_compiler_options(fast_compile=False) is None
+
+
+def test_a_conv_option_the_installed_xla_lacks_is_left_out(monkeypatch):
+  monkeypatch.setattr(trainer, "_CPU_CONV_OPTIONS", ({"xla_no_such_option_of_nas_jax": True},
+                                                     {"xla_cpu_use_fusion_emitters": False}))
+  trainer._cpu_conv_options.cache_clear()  # pylint: disable=protected-access
+  try:
+    assert trainer.conv_compiler_options(fast_compile=False) == {
+        "xla_cpu_use_fusion_emitters": False}
+  finally:
+    trainer._cpu_conv_options.cache_clear()  # pylint: disable=protected-access
 
 
 PAPER_ARCH = CNNArch((Layer(5, 3, 1, 1, 36, ()), Layer(3, 7, 1, 1, 24, (0,)),

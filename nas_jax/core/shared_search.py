@@ -50,7 +50,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from nas_jax import config as config_lib, runtime
 from nas_jax.core import searchers, workdir as workdir_lib
@@ -58,7 +57,7 @@ from nas_jax.core import search as search_lib
 from nas_jax.spaces import base
 from nas_jax.spaces.masked_cnn import MaskedCNN, exact_param_count
 from nas_jax.spaces.rnn_cell import RNNCellSpace
-from nas_jax.training import data as data_lib, shared_cnn, shared_rnn
+from nas_jax.training import data as data_lib, shared_cnn, shared_rnn, trainer
 
 SHARED, DERIVE = "shared", "derive"   # the "evaluation" of a history row
 
@@ -188,14 +187,13 @@ class _CNNExecutor:
   def _train_indices(self, g: int) -> np.ndarray:
     epoch, b = divmod(g, self.steps_per_epoch)
     if self._perm[0] != epoch:
-      seed = np.asarray(jax.random.key_data(jax.random.fold_in(self.keys["data"], epoch))).ravel()
-      self._perm = (epoch, np.random.default_rng(seed.tolist()).permutation(
-          self.train_x.shape[0]))
+      rng = trainer.host_rng(jax.random.fold_in(self.keys["data"], epoch))
+      self._perm = (epoch, rng.permutation(self.train_x.shape[0]))
     return self._perm[1][b * self.bs:(b + 1) * self.bs]
 
   def _val_indices(self, j: int) -> np.ndarray:
-    seed = np.asarray(jax.random.key_data(jax.random.fold_in(self.keys["val"], j))).ravel()
-    return np.random.default_rng(seed.tolist()).permutation(self.val_x.shape[0])[:self.eval_bs]
+    rng = trainer.host_rng(jax.random.fold_in(self.keys["val"], j))
+    return rng.permutation(self.val_x.shape[0])[:self.eval_bs]
 
   def train_step(self, ws: dict, archs, g: int):
     params, opt_state, loss = self.progs.train_step(

@@ -332,8 +332,7 @@ def flops(module, variables, input_shape: Sequence[int]) -> int:
 
 def _permutation(key: jax.Array, epoch: int, n: int) -> np.ndarray:
   """The epoch's order of the training set (from ``fold_in(key, epoch)``: the same on resume)."""
-  seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, epoch))).ravel().tolist()
-  return np.random.default_rng(seed).permutation(n)
+  return trainer.host_rng(jax.random.fold_in(key, epoch)).permutation(n)
 
 
 def _restore(manager, state, child_dir: str):

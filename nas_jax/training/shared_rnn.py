@@ -42,7 +42,7 @@ import optax
 
 from nas_jax import config as config_lib
 from nas_jax.spaces import base, rnn_cell
-from nas_jax.training import lm, lm_cells, ptb, shared_cnn
+from nas_jax.training import lm, lm_cells, ptb, shared_cnn, trainer
 
 
 def cell(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig) -> lm.Cell:
@@ -200,8 +200,7 @@ class Executor:
 
   def score(self, ws: dict, archs, j: int) -> np.ndarray:
     """Perplexity_M of ``archs`` on controller step ``j``'s validation window (zero state)."""
-    seed = np.asarray(jax.random.key_data(jax.random.fold_in(self.keys["val"], j))).ravel()
-    w = int(np.random.default_rng(seed.tolist()).integers(self.val_windows))
+    w = int(trainer.host_rng(jax.random.fold_in(self.keys["val"], j)).integers(self.val_windows))
     x, y = _window(self.val_stream, w, self.cfg.bptt)
     _, nll = self.progs.eval_step(ws["params"], encode(self.space, archs),
                                   zero_carry(self.cfg, len(archs), x.shape[0]), x, y)

@@ -39,35 +39,44 @@ if TYPE_CHECKING:
   from nas_jax.training.child import TrainConfig
 
 
-# XLA:CPU (jaxlib 0.10) hands dots, convolutions and reductions to YNNPACK by default, whose
-# convolutions here run ~1.5x slower than XLA's own multi-threaded (Eigen) ones: one SGD step of
-# a 6-layer child of the paper's space, batch 64, 88 ms against 57 ms on the 2-core machine, and
-# 22 s against 17-18 s for 4 such children trained on digits (benchmarks/README.md). So conv
-# programs keep YNNPACK's dots and reductions only. NAS_JAX_YNN_CONVOLUTIONS=1 keeps XLA's default; a jaxlib
-# without the option is left as it is.
-_CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+# Options of XLA:CPU (jaxlib 0.10) for programs that train or evaluate conv children, each
+# measured on the 2-core machine (benchmarks/README.md):
+# - XLA hands dots, convolutions and reductions to YNNPACK by default, whose convolutions here run
+#   ~1.5x slower than XLA's own multi-threaded (Eigen) ones: one SGD step of a 6-layer child of
+#   the paper's space, batch 64, 88 ms against 57 ms, and 22 s against 17-18 s for 4 such
+#   children trained on digits. So conv programs keep YNNPACK's dots and reductions only.
+# - XLA's new (MLIR) fusion emitters compile a child's elementwise fusions ~1.6x slower than the
+#   older emitters, for steps no faster: 8 new children of the paper's space compiled in 19.3 s
+#   against 11.5 s, and 13.5 s against 4.2 s for 16 of cnn_digits; peak memory 1.1 GB -> 0.8 GB.
+# NAS_JAX_YNN_CONVOLUTIONS=1 keeps XLA's defaults; an option a jaxlib lacks is left out.
+_CPU_CONV_OPTIONS = ({"xla_cpu_experimental_ynn_fusion_type":
+                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+                     {"xla_cpu_use_fusion_emitters": False})
 
 
 @functools.cache
-def _cpu_conv_options_supported() -> bool:
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_CONV_OPTIONS).lower(np.float32(0)).compile()
-  except jax.errors.JaxRuntimeError:  # an XLA without the option (or without that enum value)
-    return False
-  return True
+def _cpu_conv_options() -> dict[str, Any]:
+  """The options of ``_CPU_CONV_OPTIONS`` that the installed XLA accepts."""
+  supported = {}
+  for option in _CPU_CONV_OPTIONS:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options=option).lower(np.float32(0)).compile()
+    except jax.errors.JaxRuntimeError:  # an XLA without the option (or without that enum value)
+      continue
+    supported.update(option)
+  return supported
 
 
 def conv_compiler_options(fast_compile: bool) -> dict[str, Any] | None:
   """The ``compiler_options`` of a program that trains or evaluates conv children.
 
   ``fast_compile``: XLA's backend optimisation level 0 (see ``TrainConfig``). On the CPU backend,
-  convolutions by XLA's own kernels rather than YNNPACK's (``_CPU_CONV_OPTIONS``).
+  convolutions by XLA's own kernels rather than YNNPACK's, and fusions by XLA's older emitters,
+  which compile faster (``_CPU_CONV_OPTIONS``).
   """
   opts: dict[str, Any] = {"xla_backend_optimization_level": 0} if fast_compile else {}
-  if (jax.default_backend() == "cpu" and not os.environ.get("NAS_JAX_YNN_CONVOLUTIONS")
-      and _cpu_conv_options_supported()):
-    opts.update(_CPU_CONV_OPTIONS)
+  if jax.default_backend() == "cpu" and not os.environ.get("NAS_JAX_YNN_CONVOLUTIONS"):
+    opts.update(_cpu_conv_options())
   return opts or None
 
 
