@@ -99,7 +99,7 @@ def test_cpu_conv_programs_use_xla_convolutions_unless_asked(monkeypatch):
   supported = trainer._cpu_conv_options()  # pylint: disable=protected-access
   if "xla_cpu_experimental_ynn_fusion_type" in supported:
     assert "INDIVIDUAL_CONVOLUTION" not in opts["xla_cpu_experimental_ynn_fusion_type"]
-  assert opts.get("xla_cpu_use_fusion_emitters", False) is False
+  assert {k: opts[k] for k in supported} == supported  # every option the XLA accepts is asked for
   monkeypatch.setenv("NAS_JAX_YNN_CONVOLUTIONS", "1")
   assert trainer.conv_compiler_options(fast_compile=False) is None
 
