@@ -10,21 +10,16 @@ change fields. :func:`parse` checks every field's type and range once, raising
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
-from nas_jax.training import child, lm, trainer
-from nas_jax.core import controller, reinforce
+from nas_jax.errors import ConfigError  # noqa: F401  (public here too)
+from nas_jax.training import child, lm, optim, shared as shared_lib
+from nas_jax.core import controller, reinforce, searchers, workdir as workdir_lib
 from nas_jax.spaces import SPACES, make_space
-
-
-class ConfigError(ValueError):
-  """A bad config value; the message names the field and how to fix it."""
 
 
 USER_SPACE = ""   # config.search_space.name of a config for a space passed to run_search
@@ -66,21 +61,10 @@ def default_config(space: str = "cnn") -> ml_collections.ConfigDict:
   return c
 
 
-# Fields that may differ between the processes of one search (they do not change what is
-# computed), and those that may also change when a run is resumed.
-PER_HOST = ("data.data_dir", "child.num_devices", "child.parallel_children", "search.verbose",
-            "search.keep_checkpoints", "search.gather_timeout_s", "search.tensorboard")
-RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
-# Fields added after workdirs were written without them, with the value those workdirs ran with.
-ADDED_FIELDS = {"child.lr_schedule": "constant", "lm_child.optimizer": "sgd",
-                "lm_child.weight_decay": 0.0, "lm_child.reward_above_unigram": False}
-# + every shared.* field (below SharedConfig)
-
-
-def run_digest(record: dict[str, Any]) -> str:
-  """A hash of what a search computes (``record``: flat config fields, per-host ones ignored)."""
-  kept = {k: v for k, v in record.items() if k not in PER_HOST}
-  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+# What a workdir may differ in on resume, and the digest of what a search computes: the workdir's.
+PER_HOST, RESUMABLE_CHANGES, ADDED_FIELDS = (workdir_lib.PER_HOST, workdir_lib.RESUMABLE_CHANGES,
+                                             workdir_lib.ADDED_FIELDS)
+run_digest = workdir_lib.run_digest
 
 
 _POSITIVE_INT = ("search_space.start_layers", "search_space.increment_every",
@@ -105,8 +89,8 @@ _POSITIVE = ("child.learning_rate", "child.reward_power", "controller.init_scale
 _CHOICE_LISTS = ("search_space.filter_heights", "search_space.filter_widths",
                  "search_space.num_filters", "search_space.strides", "search_space.combinations",
                  "search_space.activations")
-_ENUMS = {"child.executor": ("exact", "vmap"), "child.lr_schedule": trainer.LR_SCHEDULES,
-          "search.searcher": ("reinforce", "random"), "data.level": ("word", "char"),
+_ENUMS = {"child.executor": ("exact", "vmap"), "child.lr_schedule": optim.CHILD_LR_SCHEDULES,
+          "search.searcher": searchers.SEARCHERS, "data.level": ("word", "char"),
           "lm_child.optimizer": ("sgd",)}   # cell children train with SGD only (cell_children.py)
 
 
@@ -245,77 +229,16 @@ class SearchConfig:
     _check_ranges(_section("search", self))
 
 
-SHARED_LR_SCHEDULES = ("constant", "cosine", "sgdr")
+SharedConfig = shared_lib.SharedConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class SharedConfig:
-  """``config.shared``: the weight-sharing (ENAS, Pham et al. 2018) search and its schedule.
-
-  With ``enabled`` the search trains one max-size network whose weights every child shares
-  (``nas_jax.core.shared_search``) instead of training each child from scratch. Each of
-  ``epochs`` phases: (a) ``train_steps`` minibatches (0: one pass over the training set) of
-  ``batch_size`` images train the shared weights, each on ``children_per_batch`` freshly sampled
-  architectures (their gradients averaged); (b) ``controller_steps`` searcher updates, each on
-  ``search.children_per_step`` architectures scored on one validation minibatch of
-  ``eval_batch_size`` (reward = accuracy ** ``reward_power``). Then (c) derive:
-  ``derive_samples`` architectures scored on the whole validation set; the best and the
-  ``derive_top_k`` best (unique) go into ``summary.json``. The shared weights train with SGD
-  (Nesterov ``momentum``, ``weight_decay``, gradient norm clipped at ``grad_clip``, 0 = off) at
-  ``learning_rate`` under ``lr_schedule``: constant, cosine (to ``lr_min`` over all the
-  training steps) or sgdr (cosine restarts, first period ``lr_t0`` epochs, each next one
-  ``lr_t_mul`` times longer: ENAS's). ``search.num_steps`` is not used.
-
-  The recurrent-cell space (``nas_jax.training.shared_rnn``): one language model of
-  ``lm_child``'s shape (layers, sizes, dropout, ``bptt``) holds every cell's weights; a minibatch
-  is one ``lm_child.bptt`` window of ``batch_size`` streams of the training text (its first
-  ``lm_child.max_train_tokens``, 0 = all; 0 ``train_steps``: one pass), the state carried; a
-  validation minibatch one window of ``eval_batch_size`` streams of the validation slice
-  (``lm_child.max_eval_tokens``), which the derive scores whole. The reward is
-  ``lm_child.reward_constant`` / ppl^2 (``reward_power`` stays 1); ``lm_child``'s training
-  recipe (epochs, learning rate, batch size) is the retrain's, not used here.
-  """
-  enabled: bool = False
-  epochs: int = 10
-  train_steps: int = 0
-  children_per_batch: int = 1
-  controller_steps: int = 10
-  derive_samples: int = 16
-  derive_top_k: int = 5
-  batch_size: int = 128
-  eval_batch_size: int = 128
-  reward_power: float = 1.0
-  learning_rate: float = 0.05
-  lr_min: float = 0.0
-  lr_schedule: str = "cosine"
-  lr_t0: int = 10
-  lr_t_mul: int = 2
-  momentum: float = 0.9
-  nesterov: bool = True
-  weight_decay: float = 1e-4
-  grad_clip: float = 0.0
-  fast_compile: bool = False
-
-  def __post_init__(self):
-    _check_ranges(_section("shared", self))
-    if not 0 <= self.momentum < 1:
-      raise ConfigError(f"config.shared.momentum: must be in [0, 1), got {self.momentum}")
-    if self.derive_top_k > self.derive_samples:
-      raise ConfigError(f"config.shared.derive_top_k: must be <= shared.derive_samples "
-                        f"({self.derive_samples}), got {self.derive_top_k}")
-    if self.lr_min > self.learning_rate:
-      raise ConfigError(f"config.shared.lr_min: must be <= shared.learning_rate "
-                        f"({self.learning_rate}), got {self.lr_min}")
-
-
-ADDED_FIELDS.update({f"shared.{k}": v for k, v in dataclasses.asdict(SharedConfig()).items()})
 _POSITIVE_INT += ("shared.epochs", "shared.children_per_batch", "shared.derive_samples",
                   "shared.derive_top_k", "shared.batch_size", "shared.eval_batch_size",
                   "shared.lr_t0", "shared.lr_t_mul")
 _NON_NEGATIVE += ("shared.train_steps", "shared.controller_steps", "shared.lr_min",
                   "shared.weight_decay", "shared.grad_clip")
 _POSITIVE += ("shared.reward_power", "shared.learning_rate")
-_ENUMS["shared.lr_schedule"] = SHARED_LR_SCHEDULES
+_ENUMS["shared.lr_schedule"] = shared_lib.LR_SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +258,7 @@ class Config:
   flat: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   def __post_init__(self):
+    _check_ranges(_section("shared", self.shared))
     _check_ranges(_section("controller", self.controller, self.controller.controller))
     if not 0 <= self.controller.baseline_decay < 1:
       raise ConfigError("config.controller.baseline_decay: must be in [0, 1), got "
@@ -345,46 +269,7 @@ class Config:
                         f"(the data of search space {self.search_space.name!r})")
     self.search_space.check_config(self)
     if self.shared.enabled:
-      _check_shared_space(self.search_space, self)
-
-
-def _check_shared_space(space, config: Config | None = None) -> None:
-  """The space a weight-sharing search can run: the CNN space at one depth, odd filters, no
-  strides (one max-size network holds every child), or the recurrent-cell space (one language
-  model holds every cell's leaf projections); ``config``, if given, is checked against it."""
-  from nas_jax.spaces.cnn import CNNSpace  # pylint: disable=import-outside-toplevel
-  from nas_jax.spaces.rnn_cell import RNNCellSpace  # pylint: disable=import-outside-toplevel
-  if isinstance(space, RNNCellSpace):
-    if config is not None:
-      _check_shared_cells(config)
-    return
-  if not isinstance(space, CNNSpace):
-    raise ConfigError(f"config.shared.enabled: weight sharing is implemented for the CNN space "
-                      f"and the recurrent-cell space, not {type(space).__name__}; set "
-                      "shared.enabled=False")
-  if space.layers_increment and (not space.max_layers or space.max_layers > space.start_layers):
-    raise ConfigError("config.search_space.layers_increment: a weight-sharing search has one "
-                      "depth (one shared network); set it to 0 (depth = start_layers)")
-  if space.predict_strides:
-    raise ConfigError("config.search_space.predict_strides: the shared network has one shape; "
-                      "set it to False")
-  for name in ("filter_heights", "filter_widths"):
-    even = [k for k in getattr(space, name) if k % 2 == 0]
-    if even:
-      raise ConfigError(f"config.search_space.{name}: the shared network centres each filter in "
-                        f"the largest one and needs odd sizes, got {even}")
-
-
-def _check_shared_cells(config: Config) -> None:
-  """What the shared language model of ``nas_jax.training.shared_rnn`` cannot do."""
-  sh, lm_cfg = config.shared, config.lm_child.lm
-  if sh.reward_power != 1.0:
-    raise ConfigError(f"config.shared.reward_power: a cell's reward is lm_child.reward_constant "
-                      f"/ ppl^2 (the exact cell search's); leave reward_power at 1, got "
-                      f"{sh.reward_power}")
-  if lm_cfg.tie_embeddings and lm_cfg.embed_size != lm_cfg.hidden_size:
-    raise ConfigError(f"config.lm_child.tie_embeddings: the tied softmax needs embed_size == "
-                      f"hidden_size, got {lm_cfg.embed_size} and {lm_cfg.hidden_size}")
+      shared_lib.check_space(self.search_space, self)
 
 
 def parse(cfg: ml_collections.ConfigDict, space=None) -> Config:
@@ -453,3 +338,88 @@ def _fields(section, cls, **extra):
   vals = {k: float(v) if isinstance(names[k].default, float) and v is not None else v
           for k, v in vals.items()}
   return cls(**vals, **extra)
+
+
+# ----------------------------------------------------------------------------------------------
+# The final training's config (``nas_jax.core.retrain``): a search's data and space, a longer
+# schedule, no reward.
+
+_UNUSED_CHILD_FIELDS = ("reward_last_epochs", "reward_power")  # no reward in a final training
+
+
+class Final(NamedTuple):
+  """A final config, checked (:func:`parse_final`)."""
+  seed: int
+  split_seed: int               # -1: the search's seed (0 without a search)
+  data: DataConfig
+  space: Any                    # the config's space (used with an architecture given by hand)
+  train: child.TrainConfig
+  keep_checkpoints: int
+  tensorboard: bool
+  record: dict                  # the final config as given (config.json of the output folder)
+
+
+def default_final_config(search_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A final config whose data and search space are those of the search config ``search_cfg``.
+
+  Fields: ``seed`` (initialisation, data order, augmentation), ``split_seed`` (the seed of the
+  data split, ``data.load``'s; -1: the search's ``config.seed``, so that the test images are ones
+  the search never saw), ``data`` (as a search's), ``search_space`` (the space of an ``--arch``
+  given without a search workdir), ``child`` (``TrainConfig``: epochs, batch size, learning rate
+  and ``lr_schedule``, momentum, weight decay), ``keep_checkpoints`` (epochs kept), and
+  ``tensorboard``.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.split_seed = -1
+  c.data = ml_collections.ConfigDict({k: search_cfg.data[k] for k in
+                                      ("name", "data_dir", "num_validation", "max_train")})
+  c.search_space = ml_collections.ConfigDict(search_cfg.search_space.to_dict())
+  c.child = ml_collections.ConfigDict({k: v for k, v in
+                                       dataclasses.asdict(child.TrainConfig()).items()
+                                       if k not in _UNUSED_CHILD_FIELDS})
+  c.child.update({k: search_cfg.child[k] for k in c.child})
+  c.keep_checkpoints = 2
+  c.tensorboard = True
+  return c
+
+
+def parse_final(cfg: ml_collections.ConfigDict) -> Final:
+  """Checks a final config with the search config's rules (:func:`nas_jax.config.parse`).
+
+  Raises:
+    ConfigError: naming the field and the fix.
+  """
+  known = set(default_final_config(default_config()).keys())
+  unknown = sorted(set(cfg.keys()) - known)
+  if unknown:
+    raise ConfigError(f"config.{unknown[0]}: unknown key of a final config; use one "
+                                 f"of {', '.join(sorted(known))}")
+  full = default_config(cfg.search_space.get("name", "cnn"))
+  for section in ("data", "search_space", "child"):
+    for k, v in cfg[section].items():
+      if k not in full[section]:
+        raise ConfigError(f"config.{section}.{k}: unknown key; use one of "
+                                     f"{', '.join(sorted(full[section]))}")
+      try:
+        full[section][k] = v
+      except TypeError:
+        raise ConfigError(f"config.{section}.{k}: expected the type of "
+                                     f"{full[section][k]!r}, got {v!r}") from None
+  full.seed = cfg.seed
+  full.child.reward_last_epochs = 1  # unused here; keeps parse's check of it against epochs
+  if cfg.child.lr_schedule not in optim.CHILD_LR_SCHEDULES:
+    raise ConfigError(f"config.child.lr_schedule: {cfg.child.lr_schedule!r} is not "
+                                 f"one of {list(optim.CHILD_LR_SCHEDULES)}")
+  for name in ("split_seed", "keep_checkpoints"):
+    if not isinstance(cfg[name], int) or isinstance(cfg[name], bool):
+      raise ConfigError(f"config.{name}: expected int, got {cfg[name]!r}")
+  if cfg.split_seed < -1:
+    raise ConfigError(f"config.split_seed: must be >= 0, or -1 for the search's seed; "
+                                 f"got {cfg.split_seed}")
+  if cfg.keep_checkpoints < 1:
+    raise ConfigError(f"config.keep_checkpoints: must be >= 1, got "
+                                 f"{cfg.keep_checkpoints}")
+  parsed = parse(full)
+  return Final(cfg.seed, cfg.split_seed, parsed.data, parsed.search_space, parsed.child.train,
+               cfg.keep_checkpoints, bool(cfg.tensorboard), cfg.to_dict())

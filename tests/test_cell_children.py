@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from nas_jax.training import cell_children, lm, ptb
-from nas_jax.core import search, searchers
+from nas_jax import experiment
+from nas_jax.core import searchers
 from nas_jax.spaces import rnn_cell
 
 from test_search import load_config
@@ -55,7 +56,7 @@ def test_vmapped_children_equal_children_trained_alone():
 @pytest.mark.slow
 def test_quick_cell_search_writes_perplexities(tmp_path):
   cfg = load_config("rnn_ptb_cpu", "quick")
-  search.run_search(cfg, str(tmp_path))
+  experiment.run_search(cfg, str(tmp_path))
   rows = [json.loads(l) for l in open(os.path.join(tmp_path, "history.jsonl"))]
   assert len(rows) == cfg.search.num_steps * cfg.search.children_per_step
   for r in rows:
@@ -69,7 +70,7 @@ def test_the_best_cell_of_a_search_can_be_retrained(tmp_path):
   from nas_jax.tools import analysis
   from nas_jax.training import lm_cells
   cfg = load_config("rnn_ptb_cpu", "quick")
-  search.run_search(cfg, str(tmp_path))
+  experiment.run_search(cfg, str(tmp_path))
   rows = analysis.load_history(str(tmp_path))
   stats = analysis.summarize(rows, metric=analysis.load_metric(str(tmp_path)))
   ppls = sorted(r["val_ppl"] for r in rows if not r["failed"])

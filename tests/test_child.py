@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from nas_jax.training import child, data, trainer
+from nas_jax.training import child, data, optim, trainer
 from nas_jax.spaces import CNNArch, CNNSpace, Layer
 
 from toy_space import MLPArch, MLPSpace
@@ -160,7 +160,7 @@ def test_exact_init_state_is_the_host_draw_and_zero_optimizer_state_of_every_sch
     variables = child.host_init(model, jax.random.key(4), x)
     jax.tree.map(np.testing.assert_array_equal, params, variables["params"])
     jax.tree.map(np.testing.assert_array_equal, stats, variables["batch_stats"])
-    expected = trainer.make_optimizer(cfg, 5).init(params)
+    expected = optim.child_optimizer(cfg, 5).init(params)
     assert jax.tree.structure(opt_state) == jax.tree.structure(expected), schedule
     jax.tree.map(np.testing.assert_array_equal, opt_state, expected)
     assert all(isinstance(a, jax.Array) for a in jax.tree.leaves((params, stats, opt_state)))

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from nas_jax.spaces import base
-from nas_jax.tools import analysis, plots
+from nas_jax.tools import analysis, plots, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T_975_2DF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (4.303)
@@ -133,7 +133,7 @@ def test_compare_groups(groups):
   assert q["mean_reward_last_quarter"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
   assert q["best_val_accuracy"] == pytest.approx(0.6 ** (1 / 3))
   json.dumps(res)  # JSON-friendly
-  md = analysis.comparison_markdown(res)
+  md = tables.comparison_markdown(res)
   line = next(l for l in md.splitlines() if l.startswith("| reinforce |"))
   assert f"| 0.9000 ± {T_975_2DF * 0.1 / math.sqrt(3):.4f} |" in line and "| 3 |" in line
   assert "| random | 1 (one run) | 0.6000 |" in md and "95% t-interval" in md
@@ -213,7 +213,7 @@ def test_dynamics_counts_repeats_concentration_and_failures_per_quarter():
           _row(4, (1, 1), 0.9), _row(5, (1, 1), 0.9), _row(6, (1, 1), 0.0, failed=True),
           _row(7, (1, 1), 0.8)]
   steps = [{"step": s, "entropy": e} for s, e in enumerate((2.0, 2.0, 0.5, 0.1))]
-  d = analysis.dynamics(rows, steps, parts=2)
+  d = tables.dynamics(rows, steps, parts=2)
   assert [(p["first"], p["last"]) for p in d] == [(0, 3), (4, 7)]
   assert d[0]["unique_share"] == 1.0 and d[0]["repeat_share"] == 0.0
   assert d[0]["mode_share"] == 0.5                 # each position: two 0s, two 1s
@@ -278,4 +278,4 @@ def test_a_weight_sharing_search_ranks_by_its_derive_rows(tmp_path):
   run = result["groups"]["shared"]["runs"][0]
   assert run["best_reward"] == pytest.approx(0.7) and run["ranked_by"] == "derive"
   assert "Weight-sharing searches (shared): top-k and best from their derive rows" in (
-      analysis.comparison_markdown(result))
+      tables.comparison_markdown(result))

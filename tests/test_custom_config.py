@@ -12,7 +12,7 @@ import pytest
 from nas_jax import config as config_lib
 from nas_jax import configs
 from nas_jax.configs import custom
-from nas_jax.core import search
+from nas_jax import experiment
 from nas_jax.spaces import base
 from nas_jax.training import data, trainer
 
@@ -62,7 +62,7 @@ def test_without_a_space_it_stops_with_one_line(tmp_path):
   assert "\n" not in str(e.value)
   assert "has no search space" in str(e.value) and "space=MySpace()" in str(e.value)
   with pytest.raises(config_lib.ConfigError, match="has no search space"):
-    search.run_search(custom.get_config("quick"), str(tmp_path / "w"))   # as the command line
+    experiment.run_search(custom.get_config("quick"), str(tmp_path / "w"))   # as the command line
   assert not (tmp_path / "w").exists()
   cfg = custom.get_config()
   with cfg.unlocked():
@@ -72,7 +72,7 @@ def test_without_a_space_it_stops_with_one_line(tmp_path):
 
 
 def test_a_search_of_the_toy_space_with_the_custom_config(tmp_path):
-  result = search.run_search(quick(steps=2), str(tmp_path), space=MLPSpace(), dataset=NO_DATA,
+  result = experiment.run_search(quick(steps=2), str(tmp_path), space=MLPSpace(), dataset=NO_DATA,
                              evaluate_fn=fake_reward)
   assert result.num_evaluated == 8
   record = json.loads((tmp_path / "config.json").read_text())
@@ -106,7 +106,7 @@ class DepthMLPSpace(MLPSpace):
 
 def test_a_depth_deciding_space_searches_with_masked_steps(tmp_path):
   space = DepthMLPSpace(layers=3)
-  result = search.run_search(quick(steps=2), str(tmp_path), space=space, dataset=NO_DATA,
+  result = experiment.run_search(quick(steps=2), str(tmp_path), space=space, dataset=NO_DATA,
                              evaluate_fn=fake_reward)
   with open(tmp_path / "history.jsonl") as f:
     rows = [json.loads(line) for line in f]

@@ -18,7 +18,8 @@ import pytest
 
 from nas_jax.tools import analysis
 from nas_jax.training import data, trainer
-from nas_jax.core import distributed, search
+from nas_jax import experiment
+from nas_jax.core import distributed
 from nas_jax import config as config_lib
 
 from test_search import (FakeEvaluator, _NO_DATA, _cli, comparable, fake_config, load_config,
@@ -32,7 +33,7 @@ def _run(workdir, crash_after=None):
   """A fake-reward search; returns how many children it evaluated (KeyboardInterrupt = a kill)."""
   ev = FakeEvaluator(crash_after)
   try:
-    search.run_search(fake_config(STEPS), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+    experiment.run_search(fake_config(STEPS), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=ev)
   except KeyboardInterrupt:
     assert crash_after is not None
@@ -198,7 +199,7 @@ def _run_two_processes(monkeypatch, workdir, crash_after=None):
   def process(i):
     clusters[threading.get_ident()] = _ThreadCluster(i, 2, store=store, cv=cv)
     try:
-      search.run_search(fake_config(STEPS), str(workdir / f"p{i}"), space=MLPSpace(),
+      experiment.run_search(fake_config(STEPS), str(workdir / f"p{i}"), space=MLPSpace(),
                         dataset=_NO_DATA, evaluate_fn=evaluators[i])
     except BaseException as e:  # pylint: disable=broad-except
       errors[i] = e
@@ -255,7 +256,7 @@ def test_children_that_raise_are_recorded_as_failed_and_the_search_goes_on(tmp_p
   cfg.search.num_steps, cfg.search.children_per_step = 3, 4
   dataset = data.load_dataset("digits", max_train=128, seed=0)
   space = _NoWidth16(widths=(4, 16), layers=1)   # 4 architectures, 2 of them broken
-  result = search.run_search(cfg, str(tmp_path), space=space, dataset=dataset)
+  result = experiment.run_search(cfg, str(tmp_path), space=space, dataset=dataset)
   rows = read_rows(tmp_path)
   assert len(rows) == 12 == result.num_evaluated   # every step ran
   bad = [r for r in rows if 16 in r["arch"]["widths"]]
@@ -282,7 +283,7 @@ def test_a_child_whose_build_raises_is_recorded_as_failed(tmp_path):
   cfg = load_config("cnn_digits", "quick")
   cfg.search.num_steps, cfg.search.children_per_step = 2, 4
   dataset = data.load_dataset("digits", max_train=128, seed=0)
-  search.run_search(cfg, str(tmp_path), space=_CannotBuildWidth16(widths=(4, 16), layers=1),
+  experiment.run_search(cfg, str(tmp_path), space=_CannotBuildWidth16(widths=(4, 16), layers=1),
                     dataset=dataset)
   rows = read_rows(tmp_path)
   assert len(rows) == 8
@@ -298,7 +299,7 @@ def test_a_search_whose_every_child_diverges_goes_on(tmp_path):
   def diverges(space, arch, dataset, key):
     return trainer.ChildResult(0.0, {"val_accuracy": 0.0, "val_accuracies": [0.1]}, 10, True,
                                "FloatingPointError: training loss became nan in epoch 1", 0.0)
-  result = search.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(),
+  result = experiment.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(),
                              dataset=_NO_DATA, evaluate_fn=diverges)
   rows = read_rows(tmp_path)
   assert len(rows) == 12 and result.best is None   # not stopped: divergence is the child's fault
@@ -316,7 +317,7 @@ def _tree(workdir):
 def test_cli_errors_leave_a_workdir_of_another_search_byte_identical(tmp_path):
   cfg = load_config("cnn_digits", "quick")   # the command line's config, run with a fake reward
   workdir = tmp_path / "w"
-  search.run_search(cfg, str(workdir), dataset=_NO_DATA, evaluate_fn=lambda *a: trainer.ChildResult(
+  experiment.run_search(cfg, str(workdir), dataset=_NO_DATA, evaluate_fn=lambda *a: trainer.ChildResult(
       0.5, {"val_accuracy": 0.5, "val_accuracies": [0.5]}, 1, False, "", 0.0))
   before = _tree(workdir)
   assert {"config.json", "history.jsonl", "steps.jsonl", "summary.json"} <= set(before)

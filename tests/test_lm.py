@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from nas_jax.training import lm, lm_cells, ptb
+from nas_jax.training import lm, lm_cells, optim, ptb
 
 OPS = jnp.zeros((0,), jnp.int32)
 
@@ -70,7 +70,7 @@ def test_untrained_model_is_near_uniform_and_training_learns_the_pattern():
 
 def test_learning_rate_schedule_of_zaremba_small():
   cfg = lm.LMConfig()
-  assert [lm.learning_rate(cfg, e) for e in (1, 4, 5, 6, 13)] == [1.0, 1.0, 0.5, 0.25, 0.5 ** 9]
+  assert [optim.lm_learning_rate(cfg, e) for e in (1, 4, 5, 6, 13)] == [1.0, 1.0, 0.5, 0.25, 0.5 ** 9]
 
 
 @pytest.mark.parametrize("variational", [False, True])
@@ -261,7 +261,7 @@ def test_paper_size_configs_build_at_their_parameter_counts(name, arg, count):
 
 def test_medium_learning_rate_schedule_of_zaremba():
   cfg, _, _ = _config("lm_ptb_medium")
-  lrs = [lm.learning_rate(cfg, e) for e in (1, 6, 7, 8, 39)]
+  lrs = [optim.lm_learning_rate(cfg, e) for e in (1, 6, 7, 8, 39)]
   np.testing.assert_allclose(lrs, [1.0, 1.0, 1 / 1.2, 1 / 1.44, 1.2 ** -33], rtol=1e-12)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from nas_jax.training import child, data, masked_children, trainer
+from nas_jax.training import child, data, masked_children, optim
 from nas_jax.spaces import masked_cnn
 from nas_jax.spaces import CNNArch, CNNSpace, Layer
 from nas_jax.spaces.cnn import CNNChild
@@ -226,12 +226,12 @@ def test_training_from_embedded_exact_init_tracks_the_exact_child():
   ex = child._programs(model, FAST, False)  # pylint: disable=protected-access
   variables = _random_variables(model, x[:1], 3)
   ex_params, ex_stats = variables["params"], variables["batch_stats"]
-  ex_opt = trainer.make_optimizer(FAST).init(ex_params)
+  ex_opt = optim.child_optimizer(FAST).init(ex_params)
   params, stats = net.embed_exact_variables(arch, variables)
   progs = masked_children.programs(net, FAST, False)
   stack = lambda t: jax.tree.map(lambda a: jnp.asarray(a)[None], t)
   params, stats = stack(params), stack(stats)
-  opt = jax.vmap(trainer.make_optimizer(FAST).init)(params)
+  opt = jax.vmap(optim.child_optimizer(FAST).init)(params)
   marcs = masked_cnn.stack_archs([net.encode(arch)])
   key = jax.random.key(4)
   for s in range(4):

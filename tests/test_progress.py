@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from nas_jax import runtime
-from nas_jax.core import search
+from nas_jax import experiment
 
 from test_search import _NO_DATA, FakeEvaluator, fake_config
 from toy_space import MLPSpace
@@ -21,7 +21,7 @@ STEPS = 3
 
 
 def _search(workdir, **kwargs):
-  return search.run_search(fake_config(steps=STEPS), str(workdir), space=MLPSpace(),
+  return experiment.run_search(fake_config(steps=STEPS), str(workdir), space=MLPSpace(),
                            dataset=_NO_DATA, evaluate_fn=FakeEvaluator(), **kwargs)
 
 
@@ -54,10 +54,10 @@ import sys
 sys.path.insert(0, {TESTS!r})
 from test_search import _NO_DATA, FakeEvaluator, fake_config
 from toy_space import MLPSpace
-from nas_jax.core import search
+from nas_jax import experiment
 for name, kwargs in (("on", {{}}), ("off", {{"progress": False}})):
   print("--- " + name, file=sys.stderr, flush=True)
-  search.run_search(fake_config(steps={STEPS}), sys.argv[1] + "/" + name, space=MLPSpace(),
+  experiment.run_search(fake_config(steps={STEPS}), sys.argv[1] + "/" + name, space=MLPSpace(),
                     dataset=_NO_DATA, evaluate_fn=FakeEvaluator(), **kwargs)
 """
 

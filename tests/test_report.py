@@ -248,11 +248,11 @@ def test_report_of_a_user_space_searched_under_a_cnn_config(tmp_path):
   # run_search(cfg, workdir, space=MLPSpace()) records the space searched (its module, class and
   # fields) in config.json, not the config's CNN section: the report rebuilds it, and it has no
   # diagram.
-  from nas_jax.core import search  # pylint: disable=import-outside-toplevel
+  from nas_jax import experiment  # pylint: disable=import-outside-toplevel
   from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
   from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "mlp"
-  search.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   assert report.run_space(report.load_run(str(workdir))["config"]).space == MLPSpace()
   text = open(report.write_report(str(workdir))).read()

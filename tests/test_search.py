@@ -19,7 +19,8 @@ import pytest
 from nas_jax.tools import analysis
 from nas_jax.training import data, trainer
 from nas_jax import config as config_lib
-from nas_jax.core import search
+from nas_jax import errors, experiment
+from nas_jax.core import loop
 
 from toy_space import MLPSpace
 
@@ -76,7 +77,7 @@ def digits():
 
 def test_quick_digits_search_writes_workdir(tmp_path, digits):
   cfg = load_config("cnn_digits", "quick")
-  result = search.run_search(cfg, str(tmp_path), dataset=digits)
+  result = experiment.run_search(cfg, str(tmp_path), dataset=digits)
   rows = read_rows(tmp_path)
   m = cfg.search.children_per_step
   assert len(rows) == cfg.search.num_steps * m == result.num_evaluated
@@ -107,7 +108,7 @@ def test_children_trained_side_by_side_give_the_search_of_one_after_another(tmp_
     cfg = load_config("cnn_digits", "quick")
     cfg.search.num_steps = 2
     cfg.child.parallel_children = n
-    search.run_search(cfg, str(tmp_path / str(n)), dataset=digits)
+    experiment.run_search(cfg, str(tmp_path / str(n)), dataset=digits)
     histories[n] = comparable(read_rows(tmp_path / str(n)))
   assert len(histories[1]) == 2 * cfg.search.children_per_step
   assert histories[3] == histories[1]  # the same children, rewards and controller updates
@@ -116,14 +117,14 @@ def test_children_trained_side_by_side_give_the_search_of_one_after_another(tmp_
 def test_interrupted_search_resumes_to_the_same_history(tmp_path):
   cfg = fake_config(steps=6)
   whole = tmp_path / "whole"
-  search.run_search(cfg, str(whole), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(cfg, str(whole), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   broken = tmp_path / "broken"
   for crash_after in (5, 3, 6):  # interrupted three times, mid-step and at step ends
     with pytest.raises(KeyboardInterrupt):
-      search.run_search(cfg, str(broken), space=MLPSpace(), dataset=_NO_DATA,
+      experiment.run_search(cfg, str(broken), space=MLPSpace(), dataset=_NO_DATA,
                         evaluate_fn=FakeEvaluator(crash_after))
-  search.run_search(cfg, str(broken), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(cfg, str(broken), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   assert comparable(read_rows(broken)) == comparable(read_rows(whole))
   assert len(read_rows(whole)) == 24
@@ -136,7 +137,7 @@ def test_controller_learns_and_beats_random_search_on_a_fake_reward(tmp_path):
   results = {}
   for searcher in ("reinforce", "random"):
     cfg = fake_config(steps=40, searcher=searcher)
-    search.run_search(cfg, str(tmp_path / searcher), space=MLPSpace(), dataset=_NO_DATA,
+    experiment.run_search(cfg, str(tmp_path / searcher), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=FakeEvaluator())
     rewards = [r["reward"] for r in read_rows(tmp_path / searcher)]
     results[searcher] = (np.mean(rewards[:16]), np.mean(rewards[-40:]))
@@ -147,19 +148,19 @@ def test_controller_learns_and_beats_random_search_on_a_fake_reward(tmp_path):
 
 def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
   cfg = fake_config(steps=2)
-  search.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   before = {p: (tmp_path / p).read_bytes() for p in ("history.jsonl", "config.json",
                                                      "summary.json")}
   cfg.child.epochs = 7
-  with pytest.raises(search.WorkdirMismatchError, match="config.child.epochs"):
-    search.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+  with pytest.raises(errors.WorkdirMismatchError, match="config.child.epochs"):
+    experiment.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=FakeEvaluator())
   assert before == {p: (tmp_path / p).read_bytes() for p in before}
   # Changing only the budget is a continuation, not another search.
   cfg.child.epochs = load_config("cnn_digits", "quick").child.epochs
   cfg.search.num_steps = 3
-  search.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(cfg, str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   assert len(read_rows(tmp_path)) == 3 * cfg.search.children_per_step
 
@@ -200,7 +201,7 @@ def test_vmap_executor_with_predicted_strides_is_refused():
 def test_vmap_executor_runs_a_quick_search(tmp_path, digits):
   cfg = load_config("cnn_digits", "quick")
   cfg.child.executor = "vmap"
-  search.run_search(cfg, str(tmp_path), dataset=digits)
+  experiment.run_search(cfg, str(tmp_path), dataset=digits)
   rows = read_rows(tmp_path)
   assert len(rows) == cfg.search.num_steps * cfg.search.children_per_step
   assert all(not r["failed"] and 0 < r["val_accuracy"] <= 1 for r in rows)
@@ -318,14 +319,14 @@ def _absl_warnings():
 def test_a_space_whose_every_child_raises_stops_with_the_first_error(tmp_path):
   def broken(space, arch, dataset, key):
     return trainer.ChildResult(0.0, {}, 0, True, "ValueError: shapes (3,) and (4,) differ", 0.0)
-  with pytest.raises(search.ChildrenFailError, match="shapes \\(3,\\) and \\(4,\\) differ"):
-    search.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+  with pytest.raises(errors.ChildrenFailError, match="shapes \\(3,\\) and \\(4,\\) differ"):
+    experiment.run_search(fake_config(steps=3), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=broken)
   assert len(read_rows(tmp_path)) == 4  # stopped after the first step
   # Rerun with the space fixed: the failed rows stay, and the log says so once, with the way out.
   ok = lambda space, arch, dataset, key: trainer.ChildResult(0.5, {}, 1, False, "", 0.0)
   with _absl_warnings() as warnings:
-    search.run_search(fake_config(steps=2), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
+    experiment.run_search(fake_config(steps=2), str(tmp_path), space=MLPSpace(), dataset=_NO_DATA,
                       evaluate_fn=ok)
   said = [w for w in warnings if "all 4 children it holds failed" in w]
   assert len(said) == 1 and "ValueError: shapes (3,) and (4,) differ" in said[0], warnings
@@ -338,13 +339,13 @@ def test_failed_data_loading_leaves_no_workdir_behind(tmp_path):
   cfg.data.data_dir = str(tmp_path / "empty")
   os.makedirs(cfg.data.data_dir)
   with pytest.raises(data.DataUnavailableError):
-    search.run_search(cfg, str(tmp_path / "w"))
+    experiment.run_search(cfg, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
   # A bad split size is a config error naming the field, not a traceback.
   cfg = load_config("cnn_digits", "quick")
   cfg.data.num_validation = 5000
   with pytest.raises(config_lib.ConfigError, match="num_validation"):
-    search.run_search(cfg, str(tmp_path / "w2"))
+    experiment.run_search(cfg, str(tmp_path / "w2"))
   assert not (tmp_path / "w2").exists()
 
 
@@ -352,7 +353,7 @@ def test_time_left_follows_the_depth_schedule_from_measured_seconds_per_child():
   """3 layers for steps 0-1, 4 for 2-3, 6 for 4-5 (m = 2): time left is per measured depth, an
   unseen depth scaled from the deepest seen, plus the controller's time per step."""
   depths = [3, 3, 4, 4, 6, 6]
-  progress = search._Progress(6, 2, lambda s: depths[s])  # pylint: disable=protected-access
+  progress = loop.Progress(6, 2, lambda s: depths[s])  # pylint: disable=protected-access
   assert math.isnan(progress.eta(0))
   row = lambda seconds: {"children": 2, "children_seconds": seconds, "controller_seconds": 0.5}
   progress.log(0, 3, np.ones(2), {}, {"entropy": 1.0}, None, row(6.0))   # 3 s per child
@@ -361,4 +362,4 @@ def test_time_left_follows_the_depth_schedule_from_measured_seconds_per_child():
   progress.log(1, 3, np.ones(2), {}, {"entropy": 1.0}, None, row(2.0))   # now 2 s per child
   progress.log(2, 4, np.ones(2), {}, {"entropy": 1.0}, None, row(10.0))  # 5 s per child at 4
   assert progress.eta(2) == pytest.approx(2 * 5 + 2 * 2 * 5 * 6 / 4 + 3 * 0.5)
-  assert search._duration(125.4) == "2m05s" and search._duration(float("nan")) == "-"  # pylint: disable=protected-access
+  assert loop.duration(125.4) == "2m05s" and loop.duration(float("nan")) == "-"  # pylint: disable=protected-access

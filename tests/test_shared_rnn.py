@@ -15,10 +15,10 @@ import pytest
 
 from nas_jax import config as config_lib
 from nas_jax.configs import lm_ptb_cpu, rnn_ptb_shared, rnn_ptb_shared_cpu
-from nas_jax.core import search, shared_search
+from nas_jax import experiment
 from nas_jax.spaces import rnn_cell
 from nas_jax.tools import analysis
-from nas_jax.training import lm, lm_cells, ptb, shared_rnn
+from nas_jax.training import lm, lm_cells, optim, ptb, shared_rnn
 
 SPACE = rnn_cell.RNNCellSpace(base=2)
 VOCAB = 11
@@ -105,7 +105,7 @@ def test_training_step_averages_the_gradients_of_the_sampled_cells():
   before = jax.tree.map(np.array, params)
   ids = ptb.batchify(_corpus().train[:200], 3)
   x, y = ids[:, :6], ids[:, 1:7]
-  opt = shared_rnn.shared_cnn.optimizer(sh, 10, 10).init(params)
+  opt = optim.shared_optimizer(sh, 10, 10).init(params)
   after, _, carry, nll, ok = progs.train_step(params, opt, shared_rnn.zero_carry(cfg, 2, 3),
                                               shared_rnn.encode(SPACE, archs), x, y,
                                               jax.random.key(1), 0)
@@ -124,7 +124,7 @@ def test_training_step_averages_the_gradients_of_the_sampled_cells():
   # A non-finite step moves no weight and hands on a zero state.
   poisoned = jax.tree.map(lambda a: a.at[0].set(jnp.nan), shared_rnn.zero_carry(cfg, 2, 3))
   kept, _, carry, _, ok = progs.train_step(jax.tree.map(jnp.asarray, before),
-                                           shared_rnn.shared_cnn.optimizer(sh, 10, 10).init(
+                                           optim.shared_optimizer(sh, 10, 10).init(
                                                params), poisoned,
                                            shared_rnn.encode(SPACE, archs), x, y,
                                            jax.random.key(1), 0)
@@ -163,7 +163,7 @@ def _steps(workdir):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, corpus):
   workdir = tmp_path_factory.mktemp("quick_cells")
-  return workdir, search.run_search(_quick(), str(workdir), dataset=corpus)
+  return workdir, experiment.run_search(_quick(), str(workdir), dataset=corpus)
 
 
 def test_quick_cell_search_writes_a_workdir_like_the_exact_cell_search(quick_run):
@@ -222,8 +222,8 @@ def test_interrupted_cell_search_resumes_to_the_uninterrupted_history(tmp_path, 
     return reward
   # Mid phase 1 (after checkpoint 1, the hidden state carried in it).
   with pytest.raises(KeyboardInterrupt):
-    shared_search.run(cfg, broken, dataset=corpus, reward_fn=interrupt_after(6))
-  shared_search.run(cfg, broken, dataset=corpus)
+    experiment.run_search(cfg, broken, dataset=corpus, reward_fn=interrupt_after(6))
+  experiment.run_search(cfg, broken, dataset=corpus)
   assert _rows(broken) == _rows(whole) and len(_rows(whole)) == 11
   assert _steps(broken) == _steps(whole) and len(_steps(whole)) == 3
 
@@ -241,7 +241,7 @@ def test_controller_learns_a_planted_cell_under_shared_weights(tmp_path, corpus)
   def reward(arch, ppl):
     del ppl
     return float(np.mean(SPACE.encode(arch) == want))
-  shared_search.run(cfg, str(tmp_path), dataset=corpus, reward_fn=reward)
+  experiment.run_search(cfg, str(tmp_path), dataset=corpus, reward_fn=reward)
   rows = analysis.read_history(str(tmp_path / "history.jsonl"))
   first = np.mean([r["reward"] for r in rows[:8]])
   derived = [r for r in rows if r["evaluation"] == "derive"]
@@ -255,7 +255,7 @@ def test_random_search_and_the_word_level_quick_config(tmp_path, corpus):
   cfg = rnn_ptb_shared.get_config("quick")
   cfg.search.searcher = "random"
   word = corpus._replace(level="word")
-  result = search.run_search(cfg, str(tmp_path), dataset=word)
+  result = experiment.run_search(cfg, str(tmp_path), dataset=word)
   rows = analysis.read_history(str(tmp_path / "history.jsonl"))
   sh, m = cfg.shared, cfg.search.children_per_step
   assert len(rows) == sh.epochs * sh.controller_steps * m + sh.derive_samples
@@ -276,4 +276,4 @@ def test_what_the_shared_cell_network_cannot_do_is_a_config_error(corpus):
   cfg = rnn_ptb_shared_cpu.get_config("quick")
   cfg.shared.eval_batch_size = 500
   with pytest.raises(config_lib.ConfigError, match=r"^config\.lm_child\.max_eval_tokens: "):
-    shared_search.run(cfg, "/nonexistent/never/written", dataset=corpus)
+    experiment.run_search(cfg, "/nonexistent/never/written", dataset=corpus)

@@ -18,11 +18,12 @@ import pytest
 
 from nas_jax import config as config_lib
 from nas_jax.configs import cnn_cifar10_shared, cnn_digits_shared
-from nas_jax.core import search, shared_search, workdir as workdir_lib
+from nas_jax import experiment
+from nas_jax.core import workdir as workdir_lib
 from nas_jax.spaces import CNNArch, CNNSpace, Layer, masked_cnn
 from nas_jax.spaces.cnn import CNNChild
 from nas_jax.tools import analysis
-from nas_jax.training import data, shared_cnn
+from nas_jax.training import data, optim, shared_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5
@@ -102,7 +103,7 @@ def test_shared_training_step_touches_only_the_sampled_childs_weights():
   before = jax.tree.map(np.array, params)
   images = np.random.default_rng(0).standard_normal((8,) + shape).astype(np.float32)
   labels = np.arange(8, dtype=np.int32) % NUM_CLASSES
-  after, _, loss = progs.train_step(params, shared_cnn.optimizer(cfg, 1, 1).init(params),
+  after, _, loss = progs.train_step(params, optim.shared_optimizer(cfg, 1, 1).init(params),
                                     shared_cnn.encode(net, archs[:1]), images, labels,
                                     np.arange(8), jax.random.key(1), 0)
   assert np.isfinite(loss)
@@ -124,7 +125,7 @@ def test_eval_batches_cover_every_example_once_with_full_batches():
 def test_sgdr_restarts_after_t0_then_t0_times_mul_epochs():
   cfg = config_lib.SharedConfig(lr_schedule="sgdr", learning_rate=1.0, lr_min=0.0, lr_t0=2,
                                 lr_t_mul=2)
-  lr = shared_cnn.lr_schedule(cfg, steps_per_epoch=10, total_steps=10**6)
+  lr = optim.shared_learning_rate(cfg, steps_per_epoch=10, total_steps=10**6)
   assert float(lr(0)) == pytest.approx(1.0)
   assert float(lr(10)) == pytest.approx(0.5, abs=1e-6)     # half way through the first period
   assert float(lr(20)) == pytest.approx(1.0)               # restart after 2 epochs
@@ -158,7 +159,7 @@ def _steps(workdir):
 def quick_run(tmp_path_factory, digits):
   """(workdir, result) of the quick digits search, run once for the tests that read it."""
   workdir = tmp_path_factory.mktemp("quick")
-  return workdir, search.run_search(_quick(), str(workdir), dataset=digits)
+  return workdir, experiment.run_search(_quick(), str(workdir), dataset=digits)
 
 
 def test_quick_digits_search_writes_a_workdir_like_the_exact_search(quick_run):
@@ -213,24 +214,23 @@ def test_interrupted_search_resumes_to_the_uninterrupted_history(tmp_path, digit
   for n in (3, 4, 4):   # calls counted per run; a resumed run reuses the rows already written
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-      shared_search.run(cfg, broken, dataset=digits, reward_fn=interrupt_after(n))
-  shared_search.run(cfg, broken, dataset=digits)
+      experiment.run_search(cfg, broken, dataset=digits, reward_fn=interrupt_after(n))
+  experiment.run_search(cfg, broken, dataset=digits)
   assert _rows(broken) == _rows(whole) and len(_rows(whole)) == 11
   assert _steps(broken) == _steps(whole) and len(_steps(whole)) == 3
 
 
 def test_the_derived_architecture_is_what_train_child_retrains_with_arch(quick_run):
   from nas_jax.configs import cnn_digits_final  # pylint: disable=import-outside-toplevel
-  from nas_jax.training import retrain  # pylint: disable=import-outside-toplevel
   workdir = str(quick_run[0])
   best = json.loads(open(os.path.join(workdir, "summary.json")).read())["best"]
-  plan = retrain.plan(cnn_digits_final.get_config("quick"), os.path.join(workdir, "retrain"),
+  plan = experiment.retrain_plan(cnn_digits_final.get_config("quick"), os.path.join(workdir, "retrain"),
                       search_workdir=workdir, arch=best["description"])
   assert [c.tokens for c in plan.children] == [best["tokens"]]
   # retrain reports the architecture's best reward over all its rows (a controller-step row too)
   assert plan.children[0].search_reward >= best["reward"] - 1e-9
   # Without --arch it retrains the derive stage's best, not a row scored on one minibatch.
-  plan = retrain.plan(cnn_digits_final.get_config("quick"), os.path.join(workdir, "retrain"),
+  plan = experiment.retrain_plan(cnn_digits_final.get_config("quick"), os.path.join(workdir, "retrain"),
                       search_workdir=workdir)
   assert [c.tokens for c in plan.children] == [best["tokens"]]
 
@@ -239,7 +239,7 @@ def test_random_search_uses_the_same_shared_weights_and_derive(tmp_path, digits,
                                                                monkeypatch):
   monkeypatch.setattr(logging.getLogger("absl"), "level", logging.WARNING)  # as in a fresh process
   cfg = _quick(searcher="random")
-  search.run_search(cfg, str(tmp_path), dataset=digits)
+  experiment.run_search(cfg, str(tmp_path), dataset=digits)
   steps = analysis.read_history(str(tmp_path / "steps.jsonl"))
   assert "loss" not in steps[0] and [s["evaluation"] for s in steps][-1] == "derive"
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -251,7 +251,7 @@ def test_random_search_uses_the_same_shared_weights_and_derive(tmp_path, digits,
   assert [l.split(" | ")[0] for l in err if l.startswith("epoch ")] == [
       f"epoch {e + 1}/{epochs}" for e in range(epochs)]
   assert len([l for l in err if l.startswith("derive: ")]) == 1
-  search.run_search(cfg, str(tmp_path / "off"), dataset=digits, progress=False)
+  experiment.run_search(cfg, str(tmp_path / "off"), dataset=digits, progress=False)
   err = capsys.readouterr().err.splitlines()
   assert not [l for l in err if l.startswith(("epoch ", "derive: "))]
 
@@ -271,7 +271,7 @@ def test_controller_learns_a_planted_architecture_under_shared_weights(tmp_path,
     del acc
     return float(np.mean([[l.filter_height, l.filter_width, l.num_filters][i] == planted[i]
                           for l in arch.layers for i in range(3)]))
-  shared_search.run(cfg, str(tmp_path), dataset=digits, reward_fn=reward)
+  experiment.run_search(cfg, str(tmp_path), dataset=digits, reward_fn=reward)
   rows = analysis.read_history(str(tmp_path / "history.jsonl"))
   first = np.mean([r["reward"] for r in rows[:16]])
   derived = [r for r in rows if r["evaluation"] == "derive"]
@@ -286,7 +286,7 @@ def test_quick_cifar10_search_on_mock_data(tmp_path):
   cfg = cnn_cifar10_shared.get_config("quick")
   cfg.data.data_dir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=200):
-    result = search.run_search(cfg, str(tmp_path / "w"))
+    result = experiment.run_search(cfg, str(tmp_path / "w"))
   rows = analysis.read_history(str(tmp_path / "w" / "history.jsonl"))
   assert len(rows) == 2 * 2 * 2 + 2 and result.best["evaluation"] == "derive"
   assert len(rows[0]["arch"]["layers"]) == 2 and rows[0]["arch"]["pool_after_layers"] == [0]

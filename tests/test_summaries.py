@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from nas_jax.spaces import base
-from nas_jax.tools import summaries
+from nas_jax.core import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,10 +75,10 @@ def test_writer_writes_event_files_tensorboard_reads(tmp_path):
 
 def test_a_search_writes_one_point_per_controller_step(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
-  from nas_jax.core import search  # pylint: disable=import-outside-toplevel
+  from nas_jax import experiment  # pylint: disable=import-outside-toplevel
   from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
   from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
-  search.run_search(fake_config(steps=3), str(tmp_path / "on"), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(fake_config(steps=3), str(tmp_path / "on"), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   steps = [json.loads(line) for line in open(tmp_path / "on" / "steps.jsonl")]
   scalars = _read_scalars(tmp_path / "on" / "tensorboard")
@@ -93,7 +93,7 @@ def test_a_search_writes_one_point_per_controller_step(tmp_path):
       [r["reward_mean"] - 0.01 for r in steps], rel=1e-5)
   cfg = fake_config(steps=1)
   cfg.search.tensorboard = False
-  search.run_search(cfg, str(tmp_path / "off"), space=MLPSpace(), dataset=_NO_DATA,
+  experiment.run_search(cfg, str(tmp_path / "off"), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
   assert not (tmp_path / "off" / "tensorboard").exists()
 
@@ -104,7 +104,7 @@ def test_writer_does_not_import_an_installed_torch(tmp_path):
   fake = tmp_path / "site" / "torch"
   fake.mkdir(parents=True)
   (fake / "__init__.py").write_text("print('torch imported')\nTensor = object\n")
-  code = ("import sys; from nas_jax.tools import summaries; w = summaries.Writer(sys.argv[1]); "
+  code = ("import sys; from nas_jax.core import summaries; w = summaries.Writer(sys.argv[1]); "
           "w.write_step(0, {'a': 1.0}); w.close(); print('after writer'); import torch")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), ROOT]))
   out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], capture_output=True,

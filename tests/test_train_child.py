@@ -1,4 +1,4 @@
-"""Final training of found CNNs (nas_jax/training/retrain.py, experiments/train_child.py)."""
+"""Final training of found CNNs (nas_jax/core/retrain.py, experiments/train_child.py)."""
 
 import json
 import os
@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax import config as config_lib
+from nas_jax import config as config_lib, experiment
 from nas_jax.configs import cnn_cifar10_final, cnn_digits, cnn_digits_final
-from nas_jax.core import workdir as workdir_lib
+from nas_jax.core import retrain, workdir as workdir_lib
 from nas_jax.spaces import base, cnn
-from nas_jax.training import data, retrain
+from nas_jax.training import data, trainer
 
 from test_summaries import _read_scalars
 
@@ -26,7 +26,7 @@ B = "0:3x1x4<img 1:1x3x4<img"
 
 
 def _arch(text):
-  return retrain.parse_arch(text, SPACE)
+  return cnn.parse_arch(text, SPACE)
 
 
 def _row(step, index, text, reward, failed=False):
@@ -75,7 +75,7 @@ def search_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def whole(search_dir):
   """An uninterrupted retraining of the search's 2 best architectures (A, then B)."""
-  return retrain.run(_config(), search_workdir=search_dir, top_k=2)
+  return experiment.retrain(_config(), search_workdir=search_dir, top_k=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,10 +95,10 @@ def test_arch_forms_agree_and_tokens_decode_back():
   # per layer: FH, FW, N indices, then one bit per earlier layer
   assert tokens == [1, 2, 1] + [3, 0, 0, 1]
   assert SPACE.decode(SPACE.plan(2), np.asarray(tokens)) == arch
-  assert retrain.parse_arch(json.dumps(tokens), SPACE) == (arch, tokens)
-  assert retrain.parse_arch(json.dumps(base.to_json(arch)), SPACE) == (arch, tokens)
+  assert cnn.parse_arch(json.dumps(tokens), SPACE) == (arch, tokens)
+  assert cnn.parse_arch(json.dumps(base.to_json(arch)), SPACE) == (arch, tokens)
   row = _row(0, 0, "0:3x5x8<img 1:7x1x4<0", 0.5)
-  assert retrain.parse_arch(json.dumps(row), SPACE) == (arch, tokens)
+  assert cnn.parse_arch(json.dumps(row), SPACE) == (arch, tokens)
   assert SPACE.describe(arch) == "0:3x5x8<img 1:7x1x4<0"
 
 
@@ -114,7 +114,7 @@ def test_arch_forms_agree_and_tokens_decode_back():
 ])
 def test_bad_arch_names_the_flag_and_the_forms(text, message):
   with pytest.raises(retrain.InputError, match="--arch") as info:
-    retrain.parse_arch(text, SPACE)
+    cnn.parse_arch(text, SPACE)
   assert message in str(info.value) and "a JSON list of tokens" in str(info.value)
 
 
@@ -153,7 +153,7 @@ def test_bad_input_is_one_error_naming_the_flag(tmp_path, case, message):
     _write_search(tmp_path / "s", HISTORY)
     cfg = cnn_cifar10_final.get_config("quick")
   with pytest.raises(retrain.InputError) as info:
-    retrain.plan(cfg, **kwargs)
+    experiment.retrain_plan(cfg, **kwargs)
   assert message in str(info.value) and "\n" not in str(info.value)
   assert not (tmp_path / "s" / "retrain").exists()
 
@@ -161,21 +161,21 @@ def test_bad_input_is_one_error_naming_the_flag(tmp_path, case, message):
 def test_final_configs_validate_and_cifar10_is_densenets_recipe():
   for module in (cnn_digits_final, cnn_cifar10_final):
     for arg in (None, "quick"):
-      retrain.parse_final(module.get_config(arg))
+      config_lib.parse_final(module.get_config(arg))
   for arg in ("v2", "v3"):
-    retrain.parse_final(cnn_cifar10_final.get_config(arg))
+    config_lib.parse_final(cnn_cifar10_final.get_config(arg))
   # :search_budget trains as the search trained each child
-  budget = retrain.parse_final(cnn_digits_final.get_config("search_budget")).train
+  budget = config_lib.parse_final(cnn_digits_final.get_config("search_budget")).train
   search = cnn_digits.get_config().child
   assert (budget.epochs, budget.learning_rate, budget.lr_schedule, budget.batch_size) == (
       search.epochs, search.learning_rate, "constant", search.batch_size) == (
           4, search.learning_rate, "constant", 64)
-  c = retrain.parse_final(cnn_cifar10_final.get_config()).train
+  c = config_lib.parse_final(cnn_cifar10_final.get_config()).train
   assert (c.epochs, c.batch_size, c.learning_rate, c.momentum, c.nesterov, c.weight_decay,
           c.lr_schedule) == (300, 64, 0.1, 0.9, True, 1e-4, "step")
   bad = _config(epochs=0)
   with pytest.raises(config_lib.ConfigError, match="config.child.epochs: must be >= 1"):
-    retrain.parse_final(bad)
+    config_lib.parse_final(bad)
 
 
 def test_flops_are_xlas_count_of_the_convolutions_taps_inside_the_image():
@@ -185,7 +185,7 @@ def test_flops_are_xlas_count_of_the_convolutions_taps_inside_the_image():
   # SAME padding on 8x8: 6 rows/columns see 3 taps, the 2 border ones 2: 22 x 22 taps per filter.
   conv = 2 * 22 * 22 * 1 * 4
   dense = 2 * 4 * 10
-  got = retrain.flops(module, variables, (8, 8, 1))
+  got = trainer.flops(module, variables, (8, 8, 1))
   assert conv + dense <= got <= conv + dense + 20 * 8 * 8 * 4  # + batch norm, ReLU, pooling
 
 
@@ -208,7 +208,7 @@ def test_retraining_writes_metrics_and_the_saved_model_gives_its_test_accuracy(s
     module, variables = retrain.load_trained(out, rank=c["rank"])
     assert c["param_count"] == sum(p.size for p in jax.tree.leaves(variables["params"]))
     assert module.arch == cnn.arch_from_json(c["arch"])
-  ds = data.load(retrain.parse_final(_config()).data, 0)
+  ds = data.load(config_lib.parse_final(_config()).data, 0)
   logits = jax.jit(module.apply)(variables, ds.test_images)
   right = int(np.sum(np.argmax(logits, -1) == ds.test_labels))
   assert right / len(ds.test_labels) == c["test_accuracy"]
@@ -227,11 +227,11 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, search_dir, w
       raise KeyboardInterrupt("simulated kill")
 
   with pytest.raises(KeyboardInterrupt):
-    retrain.run(_config(), out, search_workdir=search_dir, log_fn=kill_after_epoch_1)
+    experiment.retrain(_config(), out, search_workdir=search_dir, log_fn=kill_after_epoch_1)
   assert os.listdir(os.path.join(out, "rank1", "checkpoints")) == ["1"]
   assert not os.path.exists(os.path.join(out, "metrics.json"))
   lines = []
-  metrics = retrain.run(_config(), out, search_workdir=search_dir, log_fn=lines.append)
+  metrics = experiment.retrain(_config(), out, search_workdir=search_dir, log_fn=lines.append)
   assert any(line.startswith("rank 1 epoch 2/2") for line in lines)
   assert not any(line.startswith("rank 1 epoch 1/") for line in lines)
   assert _comparable(metrics)["children"] == _comparable(whole)["children"][:1]
@@ -239,11 +239,11 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, search_dir, w
   assert tensorboard(out) == tensorboard(os.path.join(search_dir, "retrain"))  # epoch 1 once
   # A finished directory is not trained again; another config there is refused, nothing changed.
   before = open(os.path.join(out, "metrics.json")).read()
-  assert retrain.run(_config(), out, search_workdir=search_dir, log_fn=lines.append) == metrics
+  assert experiment.retrain(_config(), out, search_workdir=search_dir, log_fn=lines.append) == metrics
   with pytest.raises(retrain.InputError, match="config.child.epochs: it has 2, now 3"):
-    retrain.run(_config(epochs=3), out, search_workdir=search_dir)
+    experiment.retrain(_config(epochs=3), out, search_workdir=search_dir)
   with pytest.raises(retrain.InputError, match="other architectures"):
-    retrain.run(_config(), out, search_workdir=search_dir, top_k=2)
+    experiment.retrain(_config(), out, search_workdir=search_dir, top_k=2)
   assert open(os.path.join(out, "metrics.json")).read() == before
 
 
@@ -270,7 +270,7 @@ def test_cifar10_quick_with_an_arch_alone(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   cfg = cnn_cifar10_final.get_config("quick")
   with tfds.testing.mock_data(num_examples=160):  # 160 records per split; 128 for validation
-    metrics = retrain.run(cfg, str(tmp_path / "w"), arch="0:3x3x4<img")
+    metrics = experiment.retrain(cfg, str(tmp_path / "w"), arch="0:3x3x4<img")
   c, = metrics["children"]
   assert metrics["source_workdir"] is None and c["search_reward"] is None
   assert metrics["config"]["search_space"]["class"] == "CNNSpace"

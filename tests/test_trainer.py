@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas_jax.training import child, data, trainer
+from nas_jax.training import child, data, optim, trainer
 
 CFG = child.TrainConfig(epochs=3, batch_size=16, reward_last_epochs=2, eval_batch_size=32,
                         fast_compile=True)
@@ -110,7 +110,7 @@ def test_a_learning_rate_schedule_sets_each_steps_rate(halves, schedule):
                           weight_decay=0.0, lr_schedule=schedule)
   steps = trainer.steps_per_epoch(halves, cfg)
   assert steps == 64 // 16
-  lr = trainer.learning_rate(cfg, steps)
+  lr = optim.child_learning_rate(cfg, steps)
   rates = [float(lr(s)) for s in range(4 * steps)]
   if schedule == "step":
     expected = [0.1] * (2 * steps) + [0.01] * steps + [0.001] * steps
@@ -118,7 +118,7 @@ def test_a_learning_rate_schedule_sets_each_steps_rate(halves, schedule):
     expected = [0.05 * (1 + math.cos(math.pi * s / (4 * steps))) for s in range(4 * steps)]
   np.testing.assert_allclose(rates, expected, rtol=1e-5)
   # Plain SGD: one step's update is minus the scheduled rate times the gradient.
-  tx = trainer.make_optimizer(cfg, steps)
+  tx = optim.child_optimizer(cfg, steps)
   params = {"w": jnp.ones(3)}
   state = tx.init(params)
   for s in range(4 * steps):
@@ -128,7 +128,7 @@ def test_a_learning_rate_schedule_sets_each_steps_rate(halves, schedule):
 
 def test_a_schedule_needs_the_steps_per_epoch_and_a_known_name():
   with pytest.raises(ValueError, match="needs the number of steps per epoch"):
-    trainer.make_optimizer(child.TrainConfig(lr_schedule="step"))
+    optim.child_optimizer(child.TrainConfig(lr_schedule="step"))
   with pytest.raises(ValueError, match=r"lr_schedule='linear'"):
-    trainer.make_optimizer(child.TrainConfig(lr_schedule="linear"), 10)
-  assert trainer.learning_rate(child.TrainConfig(learning_rate=0.3), None) == 0.3
+    optim.child_optimizer(child.TrainConfig(lr_schedule="linear"), 10)
+  assert optim.child_learning_rate(child.TrainConfig(learning_rate=0.3), None) == 0.3

@@ -137,7 +137,7 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
 _LIMITED = textwrap.dedent("""
     import resource, signal, sys
     sys.path.insert(0, "tests")
-    from nas_jax.core import search
+    from nas_jax import errors
     from test_failures import _run
     limit = int(sys.argv[2])
     if limit:
@@ -145,7 +145,7 @@ _LIMITED = textwrap.dedent("""
       resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     try:
       _run(sys.argv[1])
-    except search.WorkdirError as e:
+    except errors.WorkdirError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 """)

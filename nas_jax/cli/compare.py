@@ -10,7 +10,7 @@ unique architectures (deduplicated by tokens, failed children left out), the mea
 first and last quarter, the share of failed children, wall time, unique architectures and the best
 value of the children's metric. ``--json FILE`` writes the numbers (per group and per workdir),
 ``--plot FILE.png`` the top-k curves (the paper's Fig. 6), ``--dynamics`` a table per group of
-how the search moved (:func:`nas_jax.tools.analysis.dynamics`). See
+how the search moved (:func:`nas_jax.tools.tables.dynamics`). See
 ``nas_jax.tools.analysis.compare_groups``.
 """
 
@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from nas_jax.tools import analysis  # pylint: disable=g-import-not-at-top
+from nas_jax.tools import analysis, tables  # pylint: disable=g-import-not-at-top
 
 _GROUP = flags.DEFINE_multi_string(
     "group", [], "NAME=WORKDIR,WORKDIR,...: one searcher's runs, one workdir per seed; repeat the "
@@ -77,9 +77,9 @@ def main(argv):
   except analysis.CompareError as e:
     _fail(f"{flag}: {e}")
   result = analysis.compare_groups(loaded)
-  print(analysis.comparison_markdown(result))
+  print(tables.comparison_markdown(result))
   if _DYNAMICS.value:
-    print("\n" + analysis.dynamics_markdown(loaded))
+    print("\n" + tables.dynamics_markdown(loaded))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(result, f, indent=1)

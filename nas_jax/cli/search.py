@@ -54,18 +54,19 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from nas_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from nas_jax.training import data
-  from nas_jax.core import distributed, search
+  from nas_jax import errors, experiment
+  from nas_jax.core import distributed
   if _DISTRIBUTED.value or _COORDINATOR.value:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            heartbeat_timeout_s=_HEARTBEAT.value)
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count())
   try:
-    result = search.run_search(_CONFIG.value, _WORKDIR.value)
+    result = experiment.run_search(_CONFIG.value, _WORKDIR.value)
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
-  except (config_lib.ConfigError, search.WorkdirError, search.ChildrenFailError,
+  except (config_lib.ConfigError, errors.WorkdirError, errors.ChildrenFailError,
           data.DataUnavailableError, FileNotFoundError, distributed.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

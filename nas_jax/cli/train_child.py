@@ -11,7 +11,7 @@
 of tokens, or the one-line description of the logs and the history (``0:7x7x32<img 1:7x3x24<0``:
 layer ``FHxFWxN``, inputs ``img`` or ``0,1``). Its space is the ``--search_workdir``'s, or without
 one the config's ``search_space``. Writes ``metrics.json`` (validation and test accuracy,
-parameters, FLOPs per image) in the output directory (``nas_jax/training/retrain.py`` lists its
+parameters, FLOPs per image) in the output directory (``nas_jax/core/retrain.py`` lists its
 files); rerunning the same command resumes from the last finished epoch.
 """
 
@@ -48,15 +48,14 @@ def main(argv):
     runtime.tune_malloc()
   runtime.show_search_progress(set_verbosity=False)  # none of orbax's INFO lines
   runtime.enable_compilation_cache(_CACHE.value)
-  from nas_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from nas_jax.training import data, retrain  # pylint: disable=g-import-not-at-top
+  from nas_jax import errors, experiment  # pylint: disable=g-import-not-at-top
   try:
-    metrics = retrain.run(_CONFIG.value, _WORKDIR.value, search_workdir=_SEARCH.value,
-                          arch=_ARCH.value, top_k=_TOP_K.value, log_fn=logging.info)
+    metrics = experiment.retrain(_CONFIG.value, _WORKDIR.value, search_workdir=_SEARCH.value,
+                                 arch=_ARCH.value, top_k=_TOP_K.value, log_fn=logging.info)
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
-  except (retrain.InputError, config_lib.ConfigError, data.DataUnavailableError) as e:
+  except (errors.InputError, errors.ConfigError, errors.DataUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except FloatingPointError as e:

@@ -4,7 +4,7 @@
 >>> cfg = cnn_digits.get_config()          # the README's main job; get_config("quick") for tests
 
 Each module's ``get_config(arg)`` returns a locked ``ml_collections.ConfigDict`` built on
-``nas_jax.config.default_config``; change fields before ``nas_jax.core.search.run_search``.
+``nas_jax.config.default_config``; change fields before ``nas_jax.experiment.run_search``.
 ``custom`` is the config of a space of your own: ``run_search(custom.get_config(), workdir,
 space=MySpace())``.
 """

@@ -22,7 +22,7 @@ steps in all. Result: none measured; the paper's test errors are 5.50% (v1, 4.2M
 """
 
 from nas_jax.configs import cnn_cifar10
-from nas_jax.training import retrain
+from nas_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
   if arg not in ("v1", "v2", "v3", "quick"):
     raise ValueError(f"cnn_cifar10_final config: unknown argument {arg!r}; use v1, v2, v3 or "
                      "quick")
-  c = retrain.default_final_config(cnn_cifar10.get_config(arg))
+  c = config_lib.default_final_config(cnn_cifar10.get_config(arg))
   c.child.epochs = 300
   c.child.batch_size = 64
   c.child.learning_rate = 0.1

@@ -26,11 +26,11 @@ measured result).
 """
 
 from nas_jax.configs import cnn_digits
-from nas_jax.training import retrain
+from nas_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  c = retrain.default_final_config(cnn_digits.get_config())
+  c = config_lib.default_final_config(cnn_digits.get_config())
   if arg == "search_budget":  # the child section of cnn_digits.py as it is
     c.lock()
     return c

@@ -2,7 +2,7 @@
 
   from nas_jax.configs import custom
   cfg = custom.get_config()          # custom.get_config("quick"): a tiny run
-  result = search.run_search(cfg, "/tmp/nas_mine", space=MySpace())
+  result = experiment.run_search(cfg, "/tmp/nas_mine", space=MySpace())
 
 The ``search_space`` section is empty (``name=""``): the space is the object given to
 ``run_search``, and it is what the config is checked against. Without one (e.g. ``--config custom``

@@ -196,6 +196,38 @@ def _plan_arrays(plan: tuple[Step, ...], decisions: tuple[Decision, ...]) -> _Pl
   return _PlanArrays(plan, decisions)
 
 
+def _choice_step(params, out, d, mask_DxC, cfg, key, forced_tok):
+  """A choice step: the softmax head of decision ``d`` over its valid choices. Samples with
+  ``key``, or scores ``forced_tok`` (key None). Returns (token, log-prob, entropy, next input)."""
+  logits = _shape_logits(out @ params["head_w_DxHxC"][d] + params["head_b_DxC"][d], cfg)
+  logits = jnp.where(mask_DxC[d], logits, -1e9)
+  logp_all = jax.nn.log_softmax(logits)
+  tok = jax.random.categorical(key, logits) if key is not None else forced_tok
+  logp = jnp.take_along_axis(logp_all, tok[:, None], axis=1)[:, 0]
+  ent = -jnp.sum(jnp.where(mask_DxC[d], jnp.exp(logp_all) * logp_all, 0.0), axis=-1)
+  return tok, logp, ent, params["embed_DxCxH"][d][tok]
+
+
+def _anchor_step(params, out, anchors_h, anchors_prev, valid, cfg, key, forced_bits):
+  """An anchor step: one sigmoid per earlier anchor (``valid`` ones), the paper's attention.
+  Samples with ``key``, or scores ``forced_bits`` (key None). Returns (bits, log-prob, entropy,
+  next input: the anchor embedding plus the mean of the chosen anchors' hidden states)."""
+  attn = jnp.tanh(anchors_prev + (out @ params["w_curr_HxH"])[:, None, :]) @ params["v_H"]
+  attn = _shape_logits(attn, cfg)
+  # Drawn anchor-major, (L, m): with partitionable threefry the draws of anchors j < L do not
+  # depend on how far the anchor axis is padded.
+  bits = (jax.random.bernoulli(key, jax.nn.sigmoid(attn).T).T.astype(jnp.int32)
+          if key is not None else forced_bits)
+  bits = jnp.where(valid, bits, 0)
+  bit_logp = jnp.where(bits == 1, jax.nn.log_sigmoid(attn), jax.nn.log_sigmoid(-attn))
+  logp = jnp.sum(jnp.where(valid, bit_logp, 0.0), axis=-1)
+  p = jax.nn.sigmoid(attn)
+  bern_ent = -(p * jax.nn.log_sigmoid(attn) + (1 - p) * jax.nn.log_sigmoid(-attn))
+  ent = jnp.sum(jnp.where(valid, bern_ent, 0.0), axis=-1)
+  chosen = jnp.einsum("ml,mlh->mh", bits.astype(jnp.float32), anchors_h)
+  return bits, logp, ent, params["anchor_embed"] + chosen / (1.0 + jnp.sum(bits, -1, keepdims=True))
+
+
 def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: ControllerConfig, m: int,
          n_anchor: int, key, forced):
   """Walks a (padded) plan for m architectures; samples (forced=None) or re-scores forced tokens.
@@ -208,8 +240,6 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
   h_size = cfg.hidden_size
   num_steps = xs["active"].shape[0]
   gated = "gates" in xs
-  heads_w = params["head_w_DxHxC"]
-  heads_b = params["head_b_DxC"]
   zeros = jnp.zeros((m, h_size))
   carry0 = (
       jnp.broadcast_to(params["go"], (m, h_size)),                      # next input
@@ -242,33 +272,13 @@ def _run(params: Params, xs: dict, decisions: Sequence[Decision], cfg: Controlle
     out, new_lstm_state = _lstm(params["lstm"], inp, lstm_state)
     k_choice, k_anchor = (jax.random.split(k) if sampling else (None, None))
 
-    # Choice step: softmax head of decision d over its valid choices.
-    logits = _shape_logits(out @ heads_w[d] + heads_b[d], cfg)
-    logits = jnp.where(mask_DxC[d], logits, -1e9)
-    logp_all = jax.nn.log_softmax(logits)
-    tok = (jax.random.categorical(k_choice, logits) if sampling else f_tok)
-    choice_logp = jnp.take_along_axis(logp_all, tok[:, None], axis=1)[:, 0]
-    choice_ent = -jnp.sum(jnp.where(mask_DxC[d], jnp.exp(logp_all) * logp_all, 0.0), axis=-1)
-    choice_inp = params["embed_DxCxH"][d][tok]
-
-    # Anchor step at layer `slot`: one sigmoid per earlier anchor j < slot.
-    attn = jnp.tanh(anchors_prev + (out @ params["w_curr_HxH"])[:, None, :]) @ params["v_H"]
-    attn = _shape_logits(attn, cfg)
+    tok, choice_logp, choice_ent, choice_inp = _choice_step(
+        params, out, d, mask_DxC, cfg, k_choice if sampling else None, f_tok)
     valid = jnp.arange(n_anchor) < nbits
     if gated:   # no bits towards the anchors of skipped layers
       valid = valid & anchor_on
-    # Drawn anchor-major, (L, m): with partitionable threefry the draws of anchors j < L do not
-    # depend on how far the anchor axis is padded.
-    bits = (jax.random.bernoulli(k_anchor, jax.nn.sigmoid(attn).T).T.astype(jnp.int32)
-            if sampling else f_bits)
-    bits = jnp.where(valid, bits, 0)
-    bit_logp = jnp.where(bits == 1, jax.nn.log_sigmoid(attn), jax.nn.log_sigmoid(-attn))
-    anchor_logp = jnp.sum(jnp.where(valid, bit_logp, 0.0), axis=-1)
-    p = jax.nn.sigmoid(attn)
-    bern_ent = -(p * jax.nn.log_sigmoid(attn) + (1 - p) * jax.nn.log_sigmoid(-attn))
-    anchor_ent = jnp.sum(jnp.where(valid, bern_ent, 0.0), axis=-1)
-    chosen = jnp.einsum("ml,mlh->mh", bits.astype(jnp.float32), anchors_h)
-    anchor_inp = params["anchor_embed"] + chosen / (1.0 + jnp.sum(bits, -1, keepdims=True))
+    bits, anchor_logp, anchor_ent, anchor_inp = _anchor_step(
+        params, out, anchors_h, anchors_prev, valid, cfg, k_anchor if sampling else None, f_bits)
     new_anchors_h = anchors_h.at[:, slot].set(out)
     new_anchors_prev = anchors_prev.at[:, slot].set(out @ params["w_prev_HxH"])
 

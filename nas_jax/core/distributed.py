@@ -27,12 +27,9 @@ import jax
 import numpy as np
 
 from nas_jax.core.supervisor import PEER_LOST_EXIT_CODE  # noqa: F401  (re-exported)
+from nas_jax.errors import DistributedError  # noqa: F401  (public here too)
 from nas_jax.spaces import base
 from nas_jax.training import trainer
-
-
-class DistributedError(RuntimeError):
-  """A peer process did not deliver its part of the search in time (it may have died)."""
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -1,7 +1,7 @@
 """Searchers: what proposes architectures and learns from their rewards.
 
-Both searchers share one interface, so the paper's random-search comparison is one config field
-(``config.search.searcher``):
+Every searcher has one interface, so the paper's random-search comparison is one config field
+(``config.search.searcher``, a name of :data:`SEARCHERS`):
 
 * ``init(key, decisions) -> state`` (a pytree; checkpointed as is),
 * ``propose(state, key, plan, decisions, m) -> (tokens_MxT, info)``,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Callable
 
 import chex
 import jax
@@ -89,9 +90,22 @@ def _mask_gated(tokens_MxT, plan, decisions):
           float(np.mean(on_MxS @ step_entropy)))
 
 
+SEARCHERS: dict[str, Callable[[reinforce.ReinforceConfig], Any]] = {
+    "reinforce": ReinforceSearcher,
+    "random": lambda cfg: RandomSearcher(),
+}
+"""``config.search.searcher`` -> a factory ``(config.controller) -> searcher``: the one list the
+config is validated against. A searcher of one's own is registered here (:func:`register`), or
+passed as an object: ``run_search(cfg, workdir, searcher=MySearcher())``."""
+
+
+def register(name: str, factory: Callable[[reinforce.ReinforceConfig], Any]) -> None:
+  """Makes ``config.search.searcher=name`` build ``factory(config.controller)``."""
+  SEARCHERS[name] = factory
+
+
 def make_searcher(name: str, cfg: reinforce.ReinforceConfig):
-  if name == "reinforce":
-    return ReinforceSearcher(cfg)
-  if name == "random":
-    return RandomSearcher()
-  raise ValueError(f"config.search.searcher: unknown searcher {name!r}; use 'reinforce' or 'random'")
+  if name not in SEARCHERS:
+    raise ValueError(f"config.search.searcher: unknown searcher {name!r}; one of "
+                     f"{sorted(SEARCHERS)}")
+  return SEARCHERS[name](cfg)

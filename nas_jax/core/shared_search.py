@@ -16,21 +16,10 @@ the whole validation set; ``summary.json`` holds the best and the ``derive_top_k
 tokens), for ``experiments/train_child.py`` (CNN) or ``experiments/train_lm.py
 --config.cell=WORKDIR/summary.json`` (cells) to retrain from scratch.
 
-What trains and scores the children is an *executor*, picked by the space:
-
-* the CNN space: :class:`_CNNExecutor` over :mod:`nas_jax.training.shared_cnn` (one max-size
-  masked network; reward = validation accuracy ** ``shared.reward_power``);
-* the recurrent-cell space: :class:`nas_jax.training.shared_rnn.Executor` (one language model
-  whose leaf projections every cell shares; reward = ``lm_child.reward_constant`` / ppl^2, the
-  exact cell search's).
-
-An executor has ``metric`` (the row value that ranks children), ``num_layers``, ``train_steps``
-(per phase), ``init() -> dict`` (its part of the checkpointed state: shared weights, optimiser
-state, ...), ``train_step(state, archs, g)`` (global training step g), ``loss_fields(losses,
-phase)`` (the phase's training fields of ``steps.jsonl``), ``score(state, archs, j)`` (the metric
-of m architectures on controller step j's validation minibatch), ``score_all(state, archs)``
-(on the whole validation set), ``reward(value)``, ``error(value)`` ("" unless the child failed)
-and ``fields(arch, value)`` (the row's metric fields and ``param_count``).
+What trains and scores the children is an *executor* (:class:`nas_jax.training.shared.Executor`,
+the protocol, written down there), picked for the space by :mod:`nas_jax.experiment`: the CNN
+space's (:class:`nas_jax.training.shared_cnn.Executor`) or the recurrent-cell space's
+(:class:`nas_jax.training.shared_rnn.Executor`).
 
 The workdir is :mod:`nas_jax.core.workdir`'s, with a workdir *step* = one phase (the derive is step
 ``epochs``): ``history.jsonl`` has one row per scored architecture (``"evaluation": "shared"`` for
@@ -51,67 +40,46 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax import config as config_lib, runtime
-from nas_jax.core import searchers, workdir as workdir_lib
-from nas_jax.core import search as search_lib
-from nas_jax.spaces import base
-from nas_jax.spaces.masked_cnn import MaskedCNN, exact_param_count
-from nas_jax.spaces.rnn_cell import RNNCellSpace
-from nas_jax.training import data as data_lib, shared_cnn, shared_rnn, trainer
+from nas_jax import errors, runtime
+from nas_jax.core import history, loop as loop_lib, workdir as workdir_lib
+from nas_jax.training import data as data_lib, shared as shared_lib
 
 SHARED, DERIVE = "shared", "derive"   # the "evaluation" of a history row
-
-
-def enabled(cfg) -> bool:
-  """Does the ConfigDict ``cfg`` ask for a weight-sharing search?"""
-  shared = cfg.get("shared", None)
-  return bool(shared is not None and shared.get("enabled", False))
 
 
 def summarize(rows: list[dict], top_k: int) -> dict:
   """The summary of a weight-sharing search: ``best`` and ``top_k`` (unique by tokens, best
   reward first) of the derive rows, or of the controller-phase rows before the derive."""
   derived = [r for r in rows if r.get("evaluation") == DERIVE]
-  pool, best = derived or rows, {}
-  for r in pool:
-    key = tuple(r["tokens"])
-    if not r["failed"] and (key not in best or r["reward"] > best[key]["reward"]):
-      best[key] = r
-  top = sorted(best.values(), key=lambda r: -r["reward"])[:top_k]
+  top = sorted(history.unique_best(derived or rows), key=lambda r: -r["reward"])[:top_k]
   return {"best": top[0] if top else None, "top_k": top,
           "evaluation": DERIVE if derived else SHARED}
 
 
-def run(cfg, workdir: str, *, space=None, dataset=None,
+def run(config, workdir: str, *, space, searcher, executor_class, dataset=None,
         reward_fn: Callable[[object, float], float] | None = None,
-        progress: bool = True) -> search_lib.SearchResult:
-  """Runs (or resumes) a weight-sharing search in ``workdir`` (see the module docstring).
+        progress: bool = True) -> loop_lib.SearchResult:
+  """Runs (or resumes) the weight-sharing search of ``config`` (parsed, ``shared.enabled``) in
+  ``workdir`` (see the module docstring).
 
   Args:
-    cfg: a config with ``shared.enabled`` (e.g. ``nas_jax/configs/cnn_digits_shared.py``,
-      ``rnn_ptb_shared_cpu.py``).
+    config: the parsed config (``nas_jax.config.parse``).
     workdir: output directory; a previous run of the same config there is resumed.
-    space: the CNN or recurrent-cell search space (default: ``cfg.search_space``'s).
-    dataset: the data (default: ``cfg.data``): images, or a PTB ``Corpus``.
+    space: the space searched; ``searcher``: its searcher; ``executor_class``: the space's
+      executor (:class:`nas_jax.training.shared.Executor`).
+    dataset: the data (default: ``config.data``): images, or a PTB ``Corpus``.
     reward_fn: ``(arch, value) -> reward``, value the executor's metric (CNN: accuracy; cells:
       validation perplexity), replacing the space's reward (tests: a planted reward).
-    progress: one line per epoch and one for the derive phase, logged at INFO and, where no
-      logging set-up would show it (:func:`nas_jax.runtime.progress_is_logged`), also written to
-      stderr unless ``progress=False``: as :func:`nas_jax.core.search.run_search` does.
+    progress: one line per epoch and one for the derive phase (:mod:`nas_jax.core.loop`).
 
   Returns:
-    A :class:`nas_jax.core.search.SearchResult` whose ``best`` is the best derived row.
+    A :class:`nas_jax.core.loop.SearchResult` whose ``best`` is the best derived row.
   """
-  config = config_lib.parse(cfg)
   if jax.process_count() > 1:
-    raise config_lib.ConfigError("config.shared.enabled: the weight-sharing search runs in one "
-                                 "process; start it without --distributed")
-  space = space or config.search_space
-  # pylint: disable-next=protected-access  (a space passed in is checked too)
-  config_lib._check_shared_space(space, config)
+    raise errors.ConfigError("config.shared.enabled: the weight-sharing search runs in one "
+                             "process; start it without --distributed")
   sh, m = config.shared, config.search.children_per_step
-  searcher = searchers.make_searcher(config.search.searcher, config.controller)
-  metric = _executor_class(space).metric
+  metric = executor_class.metric
   record = workdir_lib.config_record(config, space, metric)
   rows_per_phase = sh.controller_steps * m
   wd = workdir_lib.open_workdir(
@@ -121,9 +89,10 @@ def run(cfg, workdir: str, *, space=None, dataset=None,
   wd.check()
   if dataset is None:
     dataset = data_lib.load(config.data, config.seed)
-  loop = _Loop(config, space, searcher, dataset, reward_fn)
+  settings = shared_lib.Settings(sh, m, config.lm_child)
+  loop = _Loop(settings, config.seed, space, searcher, executor_class, dataset, reward_fn)
   loop.show = progress
-  with wd, search_lib._Interrupt() as interrupt:  # pylint: disable=protected-access
+  with wd, loop_lib.Interrupt() as interrupt:
     wd.open()
     start, state, rows = wd.restore(loop.init_state())
     # A restored array is committed to its device, a new one is not: the programs would compile
@@ -146,107 +115,25 @@ def run(cfg, workdir: str, *, space=None, dataset=None,
       interrupt.check()
       loop.log(phase, step_row, kept, time.time() - t_run, phase - start + 1)
     wd.finish(kept, sh.epochs + 1)
-  return search_lib.SearchResult(summarize(kept, 1)["best"], len(kept), workdir, metric)
-
-
-def _executor_class(space):
-  return shared_rnn.Executor if isinstance(space, RNNCellSpace) else _CNNExecutor
-
-
-class _CNNExecutor:
-  """The CNN space's executor: the shared masked network of :mod:`nas_jax.training.shared_cnn`
-  (values: validation accuracies)."""
-
-  metric = base.ACCURACY
-
-  def __init__(self, config, space, dataset, keys: dict):
-    sh = config.shared
-    self.sh, self.keys = sh, keys
-    self.num_layers = space.num_layers(0)
-    image_shape = tuple(int(d) for d in dataset.train_images.shape[1:])
-    self.net = MaskedCNN(space, self.num_layers, image_shape, dataset.num_classes)
-    self.image_channels, self.num_classes = image_shape[2], dataset.num_classes
-    n = dataset.train_images.shape[0]
-    self.bs = min(sh.batch_size, n)
-    self.steps_per_epoch = n // self.bs
-    self.train_steps = sh.train_steps or self.steps_per_epoch
-    total = sh.epochs * self.train_steps
-    self.progs = shared_cnn.programs(self.net, sh, bool(dataset.augment), self.steps_per_epoch,
-                                     total)
-    self.tx = shared_cnn.optimizer(sh, self.steps_per_epoch, total)
-    self.train_x, self.train_y = jnp.asarray(dataset.train_images), jnp.asarray(
-        dataset.train_labels)
-    self.val_x, self.val_y = jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels)
-    self.eval_bs = min(sh.eval_batch_size, self.val_x.shape[0])
-    self._perm = (None, None)
-
-  def init(self) -> dict:
-    params = shared_cnn.init(self.net, self.keys["weights"])
-    return {"params": params, "opt_state": self.tx.init(params)}
-
-  def _train_indices(self, g: int) -> np.ndarray:
-    epoch, b = divmod(g, self.steps_per_epoch)
-    if self._perm[0] != epoch:
-      rng = trainer.host_rng(jax.random.fold_in(self.keys["data"], epoch))
-      self._perm = (epoch, rng.permutation(self.train_x.shape[0]))
-    return self._perm[1][b * self.bs:(b + 1) * self.bs]
-
-  def _val_indices(self, j: int) -> np.ndarray:
-    rng = trainer.host_rng(jax.random.fold_in(self.keys["val"], j))
-    return rng.permutation(self.val_x.shape[0])[:self.eval_bs]
-
-  def train_step(self, ws: dict, archs, g: int):
-    params, opt_state, loss = self.progs.train_step(
-        ws["params"], ws["opt_state"], shared_cnn.encode(self.net, archs), self.train_x,
-        self.train_y, self._train_indices(g), self.keys["aug"], g)
-    return {**ws, "params": params, "opt_state": opt_state}, loss
-
-  def loss_fields(self, losses: list, phase: int) -> dict:
-    train_loss = float(np.mean(np.asarray(losses))) if losses else float("nan")
-    if losses and not np.isfinite(train_loss):
-      raise FloatingPointError(f"the shared weights' training loss became {train_loss} in epoch "
-                               f"{phase}; lower config.shared.learning_rate or set "
-                               "config.shared.grad_clip")
-    return {"train_loss": train_loss}
-
-  def score(self, ws: dict, archs, j: int) -> np.ndarray:
-    idx = self._val_indices(j)
-    correct = self.progs.eval_step(ws["params"], shared_cnn.encode(self.net, archs), self.val_x,
-                                   self.val_y, idx, np.ones(len(idx), bool))
-    return np.asarray(correct) / len(idx)
-
-  def score_all(self, ws: dict, archs) -> np.ndarray:
-    return shared_cnn.accuracy(self.progs, ws["params"], shared_cnn.encode(self.net, archs),
-                               self.val_x, self.val_y, self.eval_bs)
-
-  def reward(self, acc: float) -> float:
-    return float(acc) ** self.sh.reward_power
-
-  def error(self, acc: float) -> str:
-    del acc
-    return ""
-
-  def fields(self, arch, acc: float) -> dict:
-    return {"val_accuracy": float(acc), "val_accuracies": [float(acc)],
-            "param_count": exact_param_count(arch, self.image_channels, self.num_classes)}
+  return loop_lib.SearchResult(summarize(kept, 1)["best"], len(kept), workdir, metric)
 
 
 class _Loop:
   """The pieces of one weight-sharing search: its executor, searcher and key streams."""
 
-  def __init__(self, config, space, searcher, dataset, reward_fn):
-    sh = config.shared
+  def __init__(self, settings, seed, space, searcher, executor_class, dataset, reward_fn):
+    sh = settings.shared
     self.sh, self.space, self.searcher, self.reward_fn = sh, space, searcher, reward_fn
-    self.m, self.reusable = config.search.children_per_step, {}
+    self.m, self.reusable = settings.children_per_step, {}
     self.show = True  # progress lines on stderr where no logging set-up shows them
-    root = jax.random.key(config.seed)
+    root = jax.random.key(seed)
     # Stream 0 initialises the searcher as the exact search does (same controller at step 0).
     self.init_key = jax.random.fold_in(root, 0)
     (weights_key, self.train_arch_key, data_key, aug_key, self.ctrl_key, val_key,
      self.derive_key) = (jax.random.fold_in(root, 100 + i) for i in range(7))
     keys = {"weights": weights_key, "data": data_key, "aug": aug_key, "dropout": aug_key,
             "val": val_key}
-    self.ex = _executor_class(space)(config, space, dataset, keys)
+    self.ex = executor_class(settings, space, dataset, keys)
     self.num_layers, self.train_steps = self.ex.num_layers, self.ex.train_steps
     self.plan = space.plan(self.num_layers)
 
@@ -271,11 +158,12 @@ class _Loop:
       reward = float(self.reward_fn(arch, value))
     else:
       reward = float(self.ex.reward(value))
-    return {"step": phase, "index": index, "num_layers": self.num_layers,
-            "tokens": tokens.tolist(), "arch": base.to_json(arch),
-            "description": self.space.describe(arch), "reward": reward,
-            **self.ex.fields(arch, value), "seconds": round(seconds, 4), "failed": bool(error),
-            "error": error, "evaluation": evaluation, **extra}
+    metrics = self.ex.fields(arch, value)
+    param_count = metrics.pop("param_count")
+    return loop_lib.child_row(phase, index, self.num_layers, tokens, arch, self.space,
+                              reward=reward, metrics=metrics, param_count=param_count,
+                              seconds=round(seconds, 4), failed=bool(error), error=error,
+                              evaluation=evaluation, **extra)
 
   def _reused(self, phase: int, first: int, tokens) -> list[dict] | None:
     """The rows of these children from an interrupted run, if all are there with these tokens."""
@@ -371,24 +259,24 @@ class _Loop:
     return rows, step_row
 
   def log(self, phase, step_row, rows, elapsed, phases_run):
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    fmt = loop_lib.fmt
     name = self.ex.metric.name
     if step_row["evaluation"] == DERIVE:
       best = summarize(rows, 1)["best"]
-      runtime.log_progress(self.show, "derive: %d architectures on the validation set | reward mean %.4f max %.4f "
-                 "| best %s (%s %s) | %.0fs", self.sh.derive_samples,
-                 step_row["reward_mean"], step_row["reward_max"],
-                 best["description"] if best else "-", name,
-                 fmt(best.get(name) if best else None), elapsed)
+      runtime.log_progress(
+          self.show, "derive: %d architectures on the validation set | reward mean %.4f max %.4f "
+          "| best %s (%s %s) | %.0fs", self.sh.derive_samples, step_row["reward_mean"],
+          step_row["reward_max"], best["description"] if best else "-", name,
+          fmt(best.get(name) if best else None), elapsed)
       return
     left = self.sh.epochs - phase - 1
-    runtime.log_progress(self.show, "epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
-               "entropy %s | train %.1fs eval %.1fs controller %.1fs | eta %.0fs",
-               phase + 1, self.sh.epochs, step_row["train_loss"], fmt(step_row["reward_mean"]),
-               fmt(step_row["reward_max"]), fmt(step_row.get("baseline")),
-               fmt(step_row["entropy"]), step_row["train_seconds"],
-               step_row["children_seconds"], step_row["controller_seconds"],
-               elapsed / phases_run * left)
+    runtime.log_progress(
+        self.show, "epoch %d/%d | train loss %.4f | reward mean %s max %s | baseline %s | "
+        "entropy %s | train %.1fs eval %.1fs controller %.1fs | eta %.0fs",
+        phase + 1, self.sh.epochs, step_row["train_loss"], fmt(step_row["reward_mean"]),
+        fmt(step_row["reward_max"]), fmt(step_row.get("baseline")), fmt(step_row["entropy"]),
+        step_row["train_seconds"], step_row["children_seconds"], step_row["controller_seconds"],
+        elapsed / phases_run * left)
 
 
 def _mean_metrics(metrics: list[dict]) -> dict:

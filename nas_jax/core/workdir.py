@@ -9,7 +9,7 @@ Files (written by process 0 only; the other processes of a search get a :class:`
   step is done once its line is written;
 * ``checkpoints/``: orbax checkpoints of the searcher state after each controller step;
 * ``summary.json``: the best architecture so far;
-* ``tensorboard/``: TensorBoard scalars per controller step (``nas_jax.tools.summaries``);
+* ``tensorboard/``: TensorBoard scalars per controller step (``nas_jax.core.summaries``);
 * ``.lock``: held (``flock``) while a search runs, so a second search on the workdir is refused.
 
 What is refused rather than repaired, leaving every file as it was: a history or steps line that
@@ -41,37 +41,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nas_jax import config as config_lib
+from nas_jax.errors import WorkdirError, WorkdirMismatchError  # noqa: F401  (public here too)
 from nas_jax.spaces import base
-from nas_jax.tools import analysis, summaries
-
-# Keys of config.json derived from the space and its evaluator; absent in older workdirs.
-DERIVED_KEYS = ("search_space.class", "search_space.module", "metric.name",
-                "metric.higher_is_better")
-
-
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used as it is; the message names the path, the cause and the fix."""
-
-
-class WorkdirMismatchError(WorkdirError):
-  """The workdir holds a run with a different config."""
-
-
-def config_record(config: config_lib.Config, space: base.SearchSpace,
-                  metric: base.Metric) -> dict[str, Any]:
-  """What ``config.json`` holds: the flat config (its ``search_space.*`` fields those of the space
-  searched), the space's class and module, and the metric that ranks its children."""
-  record = dict(config.flat)
-  if dataclasses.is_dataclass(space):  # the space searched, also when passed as an object
-    record = {k: v for k, v in record.items() if not k.startswith("search_space.")}
-    record.update({f"search_space.{k}": v for k, v in base.to_json(space).items()})
-  record = json.loads(json.dumps(record))  # tuples -> lists, as on disk
-  record.update({"search_space.class": type(space).__name__,
-                 "search_space.module": type(space).__module__,
-                 "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better})
-  return record
-
+from nas_jax.core import history, summaries
+from nas_jax.core.history import (  # noqa: F401  (public here too)
+    ADDED_FIELDS, DERIVED_KEYS, PER_HOST, RESUMABLE_CHANGES, config_record, run_digest)
 
 @contextlib.contextmanager
 def _io(what: str, path: str):
@@ -99,10 +73,10 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def read_jsonl(path: str, required: dict[str, Any]) -> list[dict]:
-  """``analysis.read_history``, with a damaged line as one WorkdirError naming the fix."""
+  """``history.read_history``, with a damaged line as one WorkdirError naming the fix."""
   with _io("read", path):
     try:
-      return analysis.read_history(path, required)
+      return history.read_history(path, required)
     except ValueError as e:
       raise WorkdirError(f"{e}; the workdir was edited or damaged: restore the file or use a new "
                          "--workdir (nothing was changed)") from None
@@ -117,7 +91,7 @@ class Workdir:
                summarize: Callable[[list[dict]], dict] | None = None):
     """``rows_per_step(step)``: the history rows a done step has (default: the config's
     ``search.children_per_step``); ``summarize(rows)``: the summary's ``best`` and any further
-    keys (default: ``{"best": analysis.best_row(rows)}``)."""
+    keys (default: ``{"best": history.best_row(rows)}``)."""
     self.path, self.record, self._space_json = path, record, space_json or {}
     self._keep, self._tensorboard = keep_checkpoints, tensorboard
     self._rows_per_step, self._summarize = rows_per_step, summarize
@@ -139,10 +113,10 @@ class Workdir:
         except ValueError:
           raise WorkdirError(f"{path} does not parse; restore it or use a new --workdir") from None
       diffs = sorted(k for k in set(old) | set(self.record)
-                     if k not in config_lib.RESUMABLE_CHANGES
+                     if k not in RESUMABLE_CHANGES
                      and not (k in DERIVED_KEYS and k not in old)
-                     and not (k not in old and k in config_lib.ADDED_FIELDS
-                              and self.record.get(k) == config_lib.ADDED_FIELDS[k])
+                     and not (k not in old and k in ADDED_FIELDS
+                              and self.record.get(k) == ADDED_FIELDS[k])
                      and old.get(k) != self.record.get(k))
       if diffs:
         shown = "; ".join(f"config.{k}: workdir has {old.get(k)!r}, now {self.record.get(k)!r}"
@@ -161,20 +135,9 @@ class Workdir:
       os.makedirs(self.path, exist_ok=True)
     lock_path = self._file(".lock")
     with _io("lock", lock_path):
-      self._lock = open(lock_path, "a+")  # pylint: disable=consider-using-with
-      try:
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        self._lock.seek(0)
-        holder = self._lock.read().strip() or "?"
-        self._lock.close()
-        self._lock = None
-        raise WorkdirError(f"workdir {self.path} is in use by another search (pid {holder}); "
-                           "wait for it to end or use another --workdir") from None
-      self._lock.seek(0)
-      self._lock.truncate()
-      self._lock.write(f"{os.getpid()}\n")
-      self._lock.flush()
+      self._lock = take_lock(lock_path, lambda holder: WorkdirError(
+          f"workdir {self.path} is in use by another search (pid {holder}); wait for it to end "
+          "or use another --workdir"))
     self.check()  # again, under the lock: another search may have just written config.json
     if not os.path.exists(self._file("config.json")):
       _write_atomic(self._file("config.json"), json.dumps(self.record, indent=1, sort_keys=True))
@@ -187,8 +150,8 @@ class Workdir:
     where the tokens match.
     """
     steps_path, history_path = self._file("steps.jsonl"), self._file("history.jsonl")
-    step_rows = read_jsonl(steps_path, analysis.STEP_KEYS)
-    rows = read_jsonl(history_path, analysis.ROW_KEYS)
+    step_rows = read_jsonl(steps_path, history.STEP_KEYS)
+    rows = read_jsonl(history_path, history.ROW_KEYS)
     ckpt_dir = os.path.abspath(self._file("checkpoints"))
     logged = {r["step"] for r in step_rows}
     if not os.path.exists(steps_path) and os.path.isdir(ckpt_dir):
@@ -273,7 +236,7 @@ class Workdir:
     self.write_summary(rows, steps)
 
   def write_summary(self, rows: list[dict], steps: int) -> dict | None:
-    summary = self._summarize(rows) if self._summarize else {"best": analysis.best_row(rows)}
+    summary = self._summarize(rows) if self._summarize else {"best": history.best_row(rows)}
     _write_atomic(self._file("summary.json"), json.dumps(
         {"best": summary["best"], "num_evaluated": len(rows), "controller_steps": steps,
          "search_space": self._space_json, "metric": self.record.get("metric.name"),
@@ -320,7 +283,7 @@ class NoWorkdir(Workdir):
     pass
 
   def write_summary(self, rows, steps):
-    return analysis.best_row(rows)
+    return history.best_row(rows)
 
 
 def _cause(e: BaseException) -> str:
@@ -363,6 +326,38 @@ def _line(row: dict) -> bytes:
   return (json.dumps(row) + "\n").encode()
 
 
+def take_lock(path: str, busy: Callable[[str], Exception]):
+  """Opens ``path`` and holds an exclusive ``flock`` on it, with this process's pid written in
+  (a second search, or retrain, on the same folder is refused): the open file, whose closing
+  releases the lock. Raises ``busy(pid of the holder)`` where another process holds it."""
+  lock = open(path, "a+")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    holder = lock.read().strip() or "?"
+    lock.close()
+    raise busy(holder) from None
+  lock.seek(0)
+  lock.truncate()
+  lock.write(f"{os.getpid()}\n")
+  lock.flush()
+  return lock
+
+
+def move_aside(path: str, folder: str, what: str, error: BaseException, then: str = "") -> str:
+  """Moves the unreadable checkpoint ``path`` (of ``what``, e.g. "controller step 3") to
+  ``folder/checkpoints_unreadable/NAME`` with a warning naming ``error``; returns where."""
+  aside = os.path.join(folder, "checkpoints_unreadable", os.path.basename(os.path.normpath(path)))
+  logging.warning("checkpoint of %s is unreadable (%s); moved to %s%s", what,
+                  f"{type(error).__name__}: {error}".splitlines()[0][:300], aside,
+                  f",{then}" if then else "")
+  shutil.rmtree(aside, ignore_errors=True)
+  os.makedirs(os.path.dirname(aside), exist_ok=True)
+  shutil.move(path, aside)
+  return aside
+
+
 def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[dict],
              rows_per_step: Callable[[int], int]):
   """The newest checkpoint that restores, whose step is logged in steps.jsonl and whose steps
@@ -398,13 +393,7 @@ def _restore(manager, state, logged: set[int] | None, workdir: str, rows: list[d
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_host(state))))
       except Exception as e:  # pylint: disable=broad-except
-        error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-        aside = os.path.join(workdir, "checkpoints_unreadable", str(step))
-        logging.warning("checkpoint of controller step %d is unreadable (%s); moved to %s, trying "
-                        "the one before", step, error, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.move(path, aside)
+        move_aside(path, workdir, f"controller step {step}", e, " trying the one before")
       else:
         if dropped:
           logging.warning("restored the checkpoint of controller step %d instead of step %d; "

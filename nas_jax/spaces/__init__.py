@@ -2,7 +2,7 @@
 
 ``SPACES`` maps ``config.search_space.name`` to the class; the other fields of
 ``config.search_space`` are the class's dataclass fields (lists become tuples). A space can also be
-passed to ``nas_jax.core.search.run_search(..., space=...)`` directly, without any registry.
+passed to ``nas_jax.experiment.run_search(..., space=...)`` directly, without any registry.
 """
 
 from nas_jax.spaces.base import Decision, SearchSpace, Step, anchor, choice, num_tokens

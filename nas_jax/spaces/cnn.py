@@ -20,11 +20,15 @@ layers) is a choice of fields: ``num_filters``, ``convs_per_layer``, ``pool_afte
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from typing import ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
+from nas_jax.errors import ConfigError, InputError
 from nas_jax.spaces import base
 
 
@@ -110,7 +114,6 @@ class CNNSpace(base.SearchSpace):
 
   def check_config(self, config) -> None:
     """The depth cap and pooling layers fit; the ``vmap`` executor's one shape and odd filters."""
-    from nas_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
     executor = config.child.executor
     start, cap = self.start_layers, self.max_layers
     if cap and cap < start:
@@ -129,13 +132,6 @@ class CNNSpace(base.SearchSpace):
         raise ConfigError(f"config.search_space.{name}: the 'vmap' executor centres each filter "
                           f"in the largest one and needs odd sizes, got {even}; use odd sizes or "
                           "child.executor='exact'")
-
-  def evaluator(self, config):
-    """``exact`` children, or with ``config.child.executor="vmap"`` the masked network's."""
-    from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
-    if config.child.executor == "vmap":
-      return evaluators.masked(config)
-    return evaluators.exact(config)
 
   def describe(self, arch: CNNArch) -> str:
     parts = []
@@ -202,3 +198,97 @@ class CNNChild(nn.Module):
     h = concat_padded([outputs[i] for i in self.arch.unconsumed()])
     h = jnp.mean(h, axis=(1, 2))
     return nn.Dense(self.num_classes)(h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Architectures typed as text (``nas-jax train-child --arch``)
+
+ARCH_FORMATS = ("the JSON of an architecture as history rows store it (their 'arch'), a JSON "
+                "list of tokens, or a description like '0:3x3x16<img 1:5x5x32<0'")
+_LAYER = re.compile(r"^(\d+):(\d+)x(\d+)x(\d+)(?:/s(\d+)x(\d+))?(\+pool)?<(img|\d+(?:,\d+)*)$")
+
+
+def _from_description(text: str, space: CNNSpace) -> CNNArch:
+  """``CNNSpace.describe``'s form (``0:7x7x32<img 1:7x3x24<0``) -> the architecture."""
+  layers, pools = [], []
+  for i, part in enumerate(text.split()):
+    m = _LAYER.match(part)
+    if not m:
+      raise ValueError(f"layer {part!r} is not 'INDEX:FHxFWxN<INPUTS' (INPUTS 'img' or "
+                       "'0,1'; optional '/sSHxSW' strides and '+pool' after N)")
+    if int(m[1]) != i:
+      raise ValueError(f"layer {part!r} is numbered {m[1]}, expected {i}")
+    inputs = () if m[8] == "img" else tuple(int(j) for j in m[8].split(","))
+    layers.append(Layer(int(m[2]), int(m[3]), int(m[5] or 1), int(m[6] or 1), int(m[4]),
+                            inputs))
+    if m[7]:
+      pools.append(i)
+  if not layers:
+    raise ValueError("no layers")
+  return CNNArch(tuple(layers), space.convs_per_layer, tuple(pools))
+
+
+def tokens_of(space: CNNSpace, arch: CNNArch) -> list[int]:
+  """The tokens that :meth:`CNNSpace.decode` turns into ``arch`` (its inverse).
+
+  Raises:
+    ValueError: ``arch`` is not an architecture of ``space`` (a value not among its choices, a
+      stride it does not predict, an input that is not an earlier layer, other pooling).
+  """
+  def index(choices, value, what, i):
+    if value not in choices:
+      raise ValueError(f"layer {i}: {what} {value} is not one of the space's {list(choices)}")
+    return choices.index(value)
+
+  tokens = []
+  for i, l in enumerate(arch.layers):
+    tokens += [index(space.filter_heights, l.filter_height, "filter height", i),
+               index(space.filter_widths, l.filter_width, "filter width", i)]
+    if space.predict_strides:
+      tokens += [index(space.strides, l.stride_height, "stride height", i),
+                 index(space.strides, l.stride_width, "stride width", i)]
+    tokens.append(index(space.num_filters, l.num_filters, "number of filters", i))
+    if space.skip_connections:
+      if any(not 0 <= j < i for j in l.inputs):
+        raise ValueError(f"layer {i}: inputs {list(l.inputs)} must be earlier layers (0..{i - 1})")
+      tokens += [int(j in l.inputs) for j in range(i)]
+  decoded = space.decode(space.plan(len(arch.layers)), np.asarray(tokens, np.int32))
+  if decoded != arch:
+    raise ValueError(f"it is not an architecture of the space ({space.describe(arch)!r} would be "
+                     f"{space.describe(decoded)!r}: strides, inputs, pooling or convs per layer "
+                     "differ)")
+  return tokens
+
+
+def parse_arch(text: str, space: CNNSpace) -> tuple[CNNArch, list[int]]:
+  """An architecture typed on the command line, and its tokens.
+
+  ``text`` is one of: the JSON of an architecture as history rows store it (``{"layers": [...]}``;
+  a whole history row also works), a JSON list of tokens (``space.decode``d; the depth follows
+  from the length), or :meth:`CNNSpace.describe`'s one-line form, ``0:7x7x32<img 1:7x3x24<0``
+  (``FHxFWxN``, optional ``/sSHxSW`` strides and ``+pool``, inputs ``img`` or ``0,1``).
+
+  Raises:
+    InputError: ``text`` is none of these, or not an architecture of ``space``.
+  """
+  text = text.strip()
+  try:
+    if text.startswith("["):
+      tokens = [int(t) for t in json.loads(text)]
+      depth = next((n for n in range(1, 257) if base.num_tokens(space.plan(n)) == len(tokens)),
+                   None)
+      if depth is None:
+        raise ValueError(f"{len(tokens)} tokens are no whole number of layers of the space")
+      try:
+        arch = space.decode(space.plan(depth), np.asarray(tokens, np.int32))
+        ok = tokens_of(space, arch) == tokens  # not for a negative token or an anchor bit of 2
+      except IndexError:
+        ok = False
+      if not ok:
+        raise ValueError("a token is outside its decision's choices")
+    else:
+      arch = space.from_json(json.loads(text)) if text.startswith("{") else \
+          _from_description(text, space)
+    return arch, tokens_of(space, arch)
+  except (ValueError, TypeError) as e:
+    raise InputError(f"--arch {text[:80]!r}: {e}; give {ARCH_FORMATS}") from None

@@ -6,10 +6,14 @@ beside the boxes. matplotlib is imported here only, so importing the space stays
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from matplotlib.figure import Figure
 
 from nas_jax.spaces import _drawing
-from nas_jax.spaces import cnn
+
+if TYPE_CHECKING:  # annotations only: cnn imports this module lazily (its diagram method)
+  from nas_jax.spaces import cnn
 
 CAPTION = ("Every layer is conv → batch norm → ReLU. A layer with several incoming arrows "
            "concatenates them on depth (smaller inputs zero-padded); a layer with none takes the "

@@ -200,11 +200,6 @@ class RNNCellSpace(base.SearchSpace):
         "RNNCellSpace children are language models built by the LM trainer: use "
         "nas_jax.spaces.rnn_cell.init_cell / cell_apply with space.ops(arch)")
 
-  def evaluator(self, config):
-    """Language models with the searched cells (``nas_jax.training.cell_children``)."""
-    from nas_jax.training import evaluators  # pylint: disable=import-outside-toplevel
-    return evaluators.cells(config)
-
   def describe(self, arch: CellArch) -> str:
     nodes = " ".join(f"{i}:{o.combination}/{o.activation}" for i, o in enumerate(arch.nodes))
     return (f"{nodes} inject:{arch.inject.combination}/{arch.inject.activation}"

@@ -6,10 +6,14 @@ nodes and h_t on top. matplotlib is imported here only, so importing the space s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from matplotlib.figure import Figure
 
 from nas_jax.spaces import _drawing
-from nas_jax.spaces import rnn_cell
+
+if TYPE_CHECKING:  # annotations only: rnn_cell imports this module lazily (its diagram method)
+  from nas_jax.spaces import rnn_cell
 
 CAPTION = ("Leaf i combines W_i x_t and U_i h_(t-1) + b_i; each node is "
            "activation(combination(left, right)); the inject replaces its node's output by "

@@ -16,97 +16,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from nas_jax.errors import CompareError  # noqa: F401  (public here too)
+from nas_jax.core.history import (  # noqa: F401  (public here too)
+    ROW_KEYS, STEP_KEYS, arch_key, best_row, legacy_config_keys, load_history, load_metric,
+    load_steps, ranking_rows, read_history, unique_best)
 from nas_jax.spaces import base
-
-
-ROW_KEYS = {"step": int, "index": int, "tokens": list, "reward": (int, float), "failed": bool}
-STEP_KEYS = {"step": int}
-
-
-def read_history(path: str, required: dict | None = None) -> list[dict]:
-  """The rows of a JSON-lines file of a workdir (history or steps; [] if there is none).
-
-  A last line with no newline (cut short by a kill) is dropped. Any other line that is not a JSON
-  object with the ``required`` keys and types (default: a history row's, for a file named
-  ``history.jsonl``) raises ValueError naming the file and the line number.
-  """
-  if required is None:
-    required = ROW_KEYS if os.path.basename(path) == "history.jsonl" else {}
-  if not os.path.exists(path):
-    return []
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  rows = []
-  for number, line in enumerate(lines[:-1], 1):  # lines[-1] is b"" or a line cut by a kill
-    try:
-      row = json.loads(line)
-    except ValueError:
-      row = None
-    if not (isinstance(row, dict) and all(
-        isinstance(row.get(k), t) and not (t is int and isinstance(row.get(k), bool))
-        for k, t in required.items())):
-      raise ValueError(f"{path}, line {number}: not a row of this file ({line[:60]!r})")
-    rows.append(row)
-  return rows
-
-
-def load_history(workdir: str) -> list[dict]:
-  """The rows of ``workdir/history.jsonl``, in evaluation order."""
-  path = os.path.join(workdir, "history.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(path)
-  return read_history(path)
-
-
-_BUILT_IN = {  # search_space.name -> (module, class, metric)
-    "cnn": ("nas_jax.spaces.cnn", "CNNSpace", base.ACCURACY),
-    "rnn_cell": ("nas_jax.spaces.rnn_cell", "RNNCellSpace", base.PERPLEXITY),
-}
-
-
-def legacy_config_keys(config: dict) -> dict:
-  """The keys a ``config.json`` written before ``search_space.module`` and ``metric.name`` existed
-  lacks, from its ``search_space.name`` "cnn" or "rnn_cell" (the built-in spaces and their
-  metrics); ``{}`` for a newer config, another name, or a recorded ``search_space.class`` that is
-  not the named space's (a user's space searched under a built-in config)."""
-  if "search_space.module" in config or "metric.name" in config:
-    return {}
-  known = _BUILT_IN.get(config.get("search_space.name"))
-  if known is None or config.get("search_space.class", known[1]) != known[1]:
-    return {}
-  module, class_name, metric = known
-  return {"search_space.module": module, "search_space.class": class_name,
-          "metric.name": metric.name, "metric.higher_is_better": metric.higher_is_better}
-
-
-def load_metric(workdir: str) -> base.Metric:
-  """The metric that ranks the children of the search in ``workdir`` (its ``config.json``; for
-  older workdirs :func:`legacy_config_keys`; accuracy, the default evaluator's, if neither says)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
-  config = {**config, **legacy_config_keys(config)}
-  if "metric.name" in config:
-    return base.Metric(config["metric.name"], bool(config["metric.higher_is_better"]))
-  return base.ACCURACY
-
-
-def ranking_rows(rows: list[dict]) -> list[dict]:
-  """The rows that rank a search's architectures: a weight-sharing search's ``derive`` rows (its
-  other rows are scored on one validation minibatch while the shared weights still train), else
-  every row."""
-  derived = [r for r in rows if r.get("evaluation") == "derive"]
-  return derived or rows
-
-
-def best_row(rows: list[dict]) -> dict | None:
-  """The history row of the highest reward among children that did not fail."""
-  ok = [r for r in rows if not r["failed"]]
-  return max(ok, key=lambda r: r["reward"]) if ok else None
-
-
-def arch_key(row: dict) -> str:
-  """The identity of a row's architecture: its tokens (two samples of one architecture share it)."""
-  return json.dumps(row["tokens"])
 
 
 def unique_rewards(rows: list[dict]) -> dict[str, float]:
@@ -115,13 +29,7 @@ def unique_rewards(rows: list[dict]) -> dict[str, float]:
   An architecture sampled more than once counts once, with its best reward (its children are
   retrained at each sample, so the rewards of one architecture differ by training noise).
   """
-  out: dict[str, float] = {}
-  for r in rows:
-    if not r["failed"]:
-      key, v = arch_key(r), float(r["reward"])
-      if key not in out or v > out[key]:
-        out[key] = v
-  return out
+  return {arch_key(r): float(r["reward"]) for r in unique_best(rows)}
 
 
 def top_k_mean(rewards, k: int) -> float:
@@ -251,10 +159,6 @@ INTERVAL = ("95% t-interval over seeds (mean ± t(0.975, n−1)·s/√n, s the s
 """What the comparison's intervals are."""
 
 
-class CompareError(ValueError):
-  """Workdirs that cannot be compared (metrics or budgets differ, a history is missing)."""
-
-
 def t_band(values_SxN, confidence: float = 0.95):
   """Mean over axis 0 (S seeds) and the two-sided Student-t interval of the mean.
 
@@ -285,12 +189,6 @@ def t_interval(values, confidence: float = 0.95) -> dict:
   one = len(values) < 2
   return {"mean": mean, "lo": None if one else lo, "hi": None if one else hi, "n": len(values),
           "values": values}
-
-
-def load_steps(workdir: str) -> list[dict] | None:
-  """The rows of ``workdir/steps.jsonl``; None if there is none (older versions wrote none)."""
-  path = os.path.join(workdir, "steps.jsonl")
-  return read_history(path) if os.path.exists(path) else None
 
 
 def _config(workdir: str) -> dict:
@@ -445,140 +343,3 @@ def compare_groups(loaded: Groups, ks=(1, 5, 15)) -> dict:
         "notes": _group_notes(group),
         "stats": {k: t_interval([r[k] for r in runs if r.get(k) is not None]) for k in keys}}
   return out
-
-
-def _duration(seconds: float) -> str:
-  seconds = round(seconds)
-  if seconds < 60:
-    return f"{seconds} s"
-  if seconds < 3600:
-    return f"{seconds // 60} min {seconds % 60} s"
-  return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def _cell(key: str, stat: dict) -> str:
-  """``mean ± half-width`` of one group's value (``mean`` alone for one run)."""
-  if not stat["n"] or not math.isfinite(stat["mean"]):
-    return "–"
-  m = stat["mean"]
-  half = None if stat["lo"] is None else (stat["hi"] - stat["lo"]) / 2
-  if key == "wall_seconds":
-    fmt = _duration
-  elif key == "failed_share":
-    fmt = lambda v: f"{100 * v:.1f}%"
-  elif key == "unique_architectures":
-    fmt = lambda v: f"{v:.0f}" if half is None and float(v).is_integer() else f"{v:.1f}"
-  else:
-    fmt = lambda v: f"{v:.4f}"
-  return fmt(m) + ("" if half is None or not math.isfinite(half) else f" ± {fmt(half)}")
-
-
-def comparison_markdown(result: dict) -> str:
-  """The markdown table of :func:`compare_groups` (one row per group) and the lines under it."""
-  budget, metric = result["budget"], result["metric"]
-  q = max(1, budget // 4)
-  labels = {"top1_mean_reward": "top-1", "mean_reward_first_quarter": f"mean reward, first {q}",
-            "mean_reward_last_quarter": f"mean reward, last {q}", "failed_share": "failed",
-            "wall_seconds": "wall time", "unique_architectures": "unique architectures",
-            f"best_{metric['name']}": f"best {metric['name'].replace('_', ' ')}",
-            f"top5_mean_{metric['name']}": f"top-5 mean {metric['name'].replace('_', ' ')}"}
-  labels.update({f"top{k}_mean_reward": f"top-{k} mean" for k in result["ks"] if k != 1})
-  keys = list(next(iter(result["groups"].values()))["stats"])
-  lines = ["| searcher | seeds | " + " | ".join(labels.get(k, k) for k in keys) + " |",
-           "|---" * (len(keys) + 2) + "|"]
-  for name, g in result["groups"].items():
-    n = len(g["runs"])
-    seeds = f"{n}" if n > 1 else "1 (one run)"
-    lines.append(f"| {name} | {seeds} | " + " | ".join(_cell(k, g["stats"][k]) for k in keys)
-                 + " |")
-  sources = {r["wall_seconds_from"] for g in result["groups"].values() for r in g["runs"]}
-  wall = ("the sum of the steps' seconds in steps.jsonl" if sources == {"steps.jsonl"} else
-          "the steps' seconds in steps.jsonl, or the children's training seconds where a workdir "
-          "has no steps.jsonl")
-  ks = "/".join(str(k) for k in result["ks"])
-  lines += ["", f"{budget} architectures per run. top-{ks}: mean reward of the k best unique "
-            "architectures (deduplicated by tokens, each with its best reward; failed children "
-            "left out), as the paper's Fig. 6 counts models. ± is the half-width of the "
-            f"{INTERVAL}; a group of one seed is one run, with no interval. Failed: share of the "
-            f"children that failed or diverged. Wall time: {wall}."]
-  shared = [name for name, g in result["groups"].items()
-            if any(r.get("ranked_by") == "derive" for r in g["runs"])]
-  if shared:
-    lines.append(f"Weight-sharing searches ({', '.join(shared)}): top-k and best from their derive "
-                 "rows (each architecture scored on the whole validation set under the trained "
-                 "shared weights); counts, quarter means and failures from every row.")
-  for name, g in result["groups"].items():
-    if g.get("notes"):
-      lines.append(f"Note: group {name}: " + "; ".join(g["notes"]) + ".")
-  for name, g in result["groups"].items():
-    best = max((r for r in g["runs"] if r.get("best_description")),
-               key=lambda r: r["best_reward"], default=None)
-    if best:
-      lines.append(f"best in {name}: {best['best_description']} (reward "
-                   f"{best['best_reward']:.4f}, {best['workdir']})")
-  return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# How a search moved: is the controller learning, collapsing, or stuck at uniform?
-
-
-def dynamics(rows: list[dict], steps: list[dict] | None, parts: int = 4) -> list[dict]:
-  """What a searcher sampled, part by part of its budget (``parts`` equal slices, in order).
-
-  Per slice: ``mean_reward`` (failed children's 0 included), ``failed_share``, ``unique_share``
-  (distinct token vectors / children), ``repeat_share`` (children whose tokens were sampled in an
-  earlier slice or earlier in this one), ``mode_share`` (per token position, the share of the
-  slice's children that took the position's most frequent value, averaged over positions: the
-  chance level of a uniform searcher is near 1 / options; 1.0 is a collapse onto one
-  architecture), and, where ``steps.jsonl`` has them, the controller's mean sampling
-  ``entropy`` over the slice's steps (nats per architecture).
-  """
-  out, seen = [], set()
-  n = len(rows)
-  for i in range(parts):
-    part = rows[i * n // parts:(i + 1) * n // parts]
-    if not part:
-      continue
-    keys = [tuple(r["tokens"]) for r in part]
-    repeats = 0
-    for k in keys:
-      repeats += k in seen
-      seen.add(k)
-    width = min(len(k) for k in keys)
-    modes = [max(np.unique([k[t] for k in keys], return_counts=True)[1]) / len(keys)
-             for t in range(width)]
-    step_ids = {r["step"] for r in part}
-    ents = [s["entropy"] for s in steps or () if s.get("step") in step_ids
-            and s.get("entropy") is not None]
-    out.append({"first": i * n // parts, "last": i * n // parts + len(part) - 1,
-                "mean_reward": float(np.mean([r["reward"] for r in part])),
-                "failed_share": float(np.mean([r["failed"] for r in part])),
-                "unique_share": len(set(keys)) / len(keys),
-                "repeat_share": repeats / len(keys),
-                "mode_share": float(np.mean(modes)) if modes else float("nan"),
-                "entropy": float(np.mean(ents)) if ents else None})
-  return out
-
-
-def dynamics_markdown(loaded: Groups, parts: int = 4) -> str:
-  """One table per group: :func:`dynamics` of each slice, mean over the group's seeds."""
-  lines = []
-  for name, group in loaded.runs.items():
-    per_run = [dynamics(r["rows"], r["steps"], parts) for r in group]
-    lines += [f"**{name}** ({len(group)} run{'s' if len(group) > 1 else ''}; mean over runs)", "",
-              "| architectures | mean reward | failed | unique | repeated | mode share | "
-              "entropy |", "|---|---|---|---|---|---|---|"]
-    for i, part in enumerate(per_run[0]):
-      cols = [d[i] for d in per_run if i < len(d)]
-      mean = lambda k: float(np.mean([c[k] for c in cols]))  # noqa: E731
-      ents = [c["entropy"] for c in cols if c["entropy"] is not None]
-      lines.append(f"| {part['first']}-{part['last']} | {mean('mean_reward'):.4f} | "
-                   f"{100 * mean('failed_share'):.1f}% | {100 * mean('unique_share'):.0f}% | "
-                   f"{100 * mean('repeat_share'):.0f}% | {mean('mode_share'):.3f} | "
-                   + (f"{np.mean(ents):.2f}" if ents else "–") + " |")
-    lines.append("")
-  lines.append("mode share: per token position, the share of children that took the position's "
-               "most frequent value (averaged over positions; 1.0 = one architecture). entropy: "
-               "the controller's sampling entropy per architecture (nats; steps.jsonl).")
-  return "\n".join(lines)

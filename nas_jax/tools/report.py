@@ -16,16 +16,16 @@ names.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import math
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Sequence
 
 from matplotlib.figure import Figure
 
 from nas_jax.spaces import base
+from nas_jax.core.history import (  # noqa: F401  (public here too)
+    RunSpace, load_run, metric_value, run_space, top_architectures)
 from nas_jax.tools import analysis
 from nas_jax.tools import plots
 
@@ -34,137 +34,8 @@ REPORT_FILES = ("report.md", "rewards.png", "topk.png", "best.png")
 ``topk.png`` only with a second run, ``best.png`` only for a space with a diagram."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading a workdir
-
-
-def load_run(workdir: str) -> dict[str, Any]:
-  """``{"workdir", "rows", "steps", "config"}`` of a search workdir.
-
-  ``rows`` are the history rows (``history.jsonl``, required), ``steps`` the controller steps
-  (``steps.jsonl``; None if the file is absent: runs of older versions lack it), ``config`` the
-  flat config (``config.json``; ``{}`` if absent).
-
-  Raises:
-    FileNotFoundError: ``workdir`` or its ``history.jsonl`` does not exist.
-  """
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"{workdir} is not a directory")
-  rows = analysis.load_history(workdir)
-  steps_path = os.path.join(workdir, "steps.jsonl")
-  steps = analysis.read_history(steps_path) if os.path.exists(steps_path) else None
-  config = {}
-  config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      config = json.load(f)
-  return {"workdir": workdir, "rows": rows, "steps": steps, "config": config}
-
-
-class RunSpace(NamedTuple):
-  """What a workdir's ``config.json`` says was searched and how its children were scored.
-
-  Attributes:
-    space: the search space, rebuilt; None if it could not be (``why`` says why).
-    module: ``search_space.module``, the module of the space's class (None: not recorded).
-    class_name: ``search_space.class``.
-    metric: ``metric.name`` and ``metric.higher_is_better``, the children's score in the history
-      rows (e.g. ``base.ACCURACY``); None: not recorded (children rank by reward).
-    why: why ``space`` is None ("" when it is not).
-  """
-  space: base.SearchSpace | None
-  module: str | None
-  class_name: str | None
-  metric: base.Metric | None
-  why: str
-
-
-def _tuples(v):
-  """JSON lists -> tuples (nested too), as the space's frozen dataclass fields are."""
-  return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
-
-
-def _build_space(config: dict) -> tuple[base.SearchSpace | None, str]:
-  """The space of ``config`` (class by module and name, fields from ``search_space.*``) and "",
-  or None and why not."""
-  module, class_name = config.get("search_space.module"), config.get("search_space.class")
-  if not module or not class_name:
-    missing = " and ".join(k for k, v in (("search_space.module", module),
-                                         ("search_space.class", class_name)) if not v)
-    return None, (f"config.json records no {missing} (a workdir of an older version), and its "
-                  f"search_space.name {config.get('search_space.name')!r} is not a built-in space "
-                  "searched with its own class")
-  try:
-    cls = getattr(importlib.import_module(module), class_name)
-  except Exception as e:  # pylint: disable=broad-except  # a user's module may fail any way
-    return None, f"cannot import {module}.{class_name} ({type(e).__name__}: {e})"
-  if not (isinstance(cls, type) and issubclass(cls, base.SearchSpace)):
-    return None, f"{module}.{class_name} is not a nas_jax.spaces.base.SearchSpace"
-  names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-  fields = {k.split(".", 1)[1]: _tuples(v) for k, v in config.items()
-            if k.startswith("search_space.")}
-  fields = {k: v for k, v in fields.items() if k in names or k not in ("name", "class", "module")}
-  try:
-    return cls(**fields), ""
-  except (TypeError, ValueError) as e:
-    return None, f"cannot build {class_name} from config.json's search_space fields ({e})"
-
-
-def run_space(config: dict) -> RunSpace:
-  """The space and metric a workdir's flat ``config.json`` records (see :class:`RunSpace`).
-
-  Reads ``search_space.module``, ``search_space.class`` (the class is imported by these names),
-  the other ``search_space.*`` keys (the class's fields; JSON lists become tuples; ``name``,
-  ``class`` and ``module`` are skipped unless they are fields), ``metric.name`` and
-  ``metric.higher_is_better`` (both, or no metric). A config without the module and metric keys
-  (an older version's) gets them from :func:`analysis.legacy_config_keys`.
-  """
-  config = {**config, **analysis.legacy_config_keys(config)}
-  space, why = _build_space(config)
-  name, higher = config.get("metric.name"), config.get("metric.higher_is_better")
-  metric = base.Metric(name, bool(higher)) if name and higher is not None else None
-  return RunSpace(space, config.get("search_space.module"), config.get("search_space.class"),
-                  metric, why)
-
-
-def metric_value(row: dict, metric: base.Metric | None) -> float | None:
-  """The value of ``metric`` in a history row (a key of the row or of its ``metrics`` dict); None
-  if the row has none or it is not a finite number."""
-  if metric is None:
-    return None
-  v = row.get(metric.name)
-  if v is None and isinstance(row.get("metrics"), dict):
-    v = row["metrics"].get(metric.name)
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-    return None
-  return float(v)
-
-
 def _metric_label(metric: base.Metric) -> str:
   return metric.name.replace("_", " ")
-
-
-def top_architectures(rows: Sequence[dict], n: int = 10,
-                      metric: base.Metric | None = None) -> list[dict]:
-  """The ``n`` best rows among children that did not fail.
-
-  Args:
-    rows: history rows.
-    n: how many.
-    metric: rank by this score (:func:`metric_value`; e.g. ``run_space(config).metric``), best
-      first; rows without it come after the others; ties and the rows without it go by reward.
-      None: by reward alone.
-  """
-  ok = [r for r in rows if not r.get("failed")]
-  if metric is None:
-    return sorted(ok, key=lambda r: -float(r.get("reward", 0.0)))[:n]
-  sign = -1.0 if metric.higher_is_better else 1.0
-
-  def key(r):
-    v = metric_value(r, metric)
-    return (v is None, 0.0 if v is None else sign * v, -float(r.get("reward", 0.0)))
-
-  return sorted(ok, key=key)[:n]
 
 
 RETRAIN_FILE = os.path.join("retrain", "metrics.json")
@@ -463,17 +334,28 @@ def write_report(workdir: str, random_workdir: str | None = None,
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
   spaces = [run_space(r["config"]) for r in runs]
-  main, rs = runs[0], spaces[0]
   labels = _labels(runs)
-  rows = main["rows"]
-
   md = [f"# Architecture search report: `{os.path.basename(os.path.normpath(workdir))}`", ""]
-  md += ["## Configuration", ""]
+  md += _config_section(runs, spaces, labels)
+  md += _curves_section(runs, labels, out_dir)
+  top = top_architectures(analysis.ranking_rows(runs[0]["rows"]), 10, spaces[0].metric)
+  md += _best_section(top, spaces[0], out_dir)
+  md += _top_section(top, spaces[0])
+  md += _retrain_section(workdir)
+  md.append("")
+  path = os.path.join(out_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(md))
+  return path
+
+
+def _config_section(runs, spaces, labels) -> list[str]:
+  """The configuration of each run and the summary of each history (markdown lines)."""
+  md = ["## Configuration", ""]
   md.append(_md_table([""] + labels, [[k] + v for k, v in _config_rows(runs, spaces)]))
   notes = _comparison_notes(runs, spaces) if len(runs) == 2 else []
   if notes:
     md += ["", "Note: " + "; ".join(notes) + "."]
-
   md += ["", "## Summary", "",
          "`nas_jax.tools.analysis.summarize` of each history. `top{k}_mean_reward` is the mean "
          "reward of the k best unique architectures (deduplicated by tokens, each with its best "
@@ -483,20 +365,25 @@ def write_report(workdir: str, random_workdir: str | None = None,
   keys = [k for k in sums[0] if k != "best_description"]
   keys += [k for s in sums[1:] for k in s if k not in keys and k != "best_description"]
   md.append(_md_table(["metric"] + labels, [[k] + [_fmt(s.get(k)) for s in sums] for k in keys]))
+  return md
 
+
+def _curves_section(runs, labels, out_dir) -> list[str]:
+  """``rewards.png`` of the first run and, with two runs, ``topk.png`` (markdown lines)."""
+  main = runs[0]
+  rows = main["rows"]
   fig = plots.plot_rewards(rows, main["steps"], title=f"Reward of each architecture ({labels[0]})")
   fig.savefig(os.path.join(out_dir, "rewards.png"), dpi=plots.DPI)
-  md += ["", "## Rewards", "",
-         "Each point is one child network in evaluation order"
-         + (" (red crosses: failed children, reward 0)" if any(r.get("failed") for r in rows)
-            else "")
-         + "; the black line is a moving average"
-         + ("; the orange line is the baseline the controller subtracted from the rewards of each "
-            "step (plotted at the step's last child)"
-            if main["steps"] and any(s.get("baseline") is not None for s in main["steps"])
-            else "")
-         + ".", "", "![rewards](rewards.png)"]
-
+  md = ["", "## Rewards", "",
+        "Each point is one child network in evaluation order"
+        + (" (red crosses: failed children, reward 0)" if any(r.get("failed") for r in rows)
+           else "")
+        + "; the black line is a moving average"
+        + ("; the orange line is the baseline the controller subtracted from the rewards of each "
+           "step (plotted at the step's last child)"
+           if main["steps"] and any(s.get("baseline") is not None for s in main["steps"])
+           else "")
+        + ".", "", "![rewards](rewards.png)"]
   if len(runs) > 1:
     plots.plot_topk({l: r["rows"] for l, r in zip(labels, runs)},
                     path=os.path.join(out_dir, "topk.png"),
@@ -506,31 +393,38 @@ def write_report(workdir: str, random_workdir: str | None = None,
            f"n sampled (as Fig. 6 of Zoph & Le, 2017: an architecture sampled twice counts once, "
            f"failed children are left out); {plots.style_legend(labels)}. The lower "
            f"panel is the difference {labels[0]} − {labels[1]}.", "", "![top-k](topk.png)"]
+  return md
 
-  top = top_architectures(analysis.ranking_rows(rows), 10, rs.metric)
+
+def _best_section(top, rs: RunSpace, out_dir) -> list[str]:
+  """The best architecture, drawn by the space into ``best.png`` where it can (markdown lines)."""
   label = _metric_label(rs.metric) if rs.metric else None
-  md += ["", "## Best architecture", ""]
+  md = ["", "## Best architecture", ""]
   if not top:
-    md.append("Every child failed: there is no best architecture.")
-  else:
-    best = top[0]
-    score = metric_value(best, rs.metric)
-    md += [f"The child with the best {label or 'reward'}: step {best['step']}, "
-           f"child {best['index']}: reward {best['reward']:.4f}"
-           + (f", {label} {_fmt(score)}" if score is not None else "")
-           + f", {best.get('param_count', 0):,} parameters.", "",
-           f"`{best.get('description', '')}`", ""]
-    why = rs.why
-    if rs.space is not None:
-      try:
-        draw_architecture(rs.space, best, os.path.join(out_dir, "best.png"), metric=rs.metric)
-        md.append("![best architecture](best.png)")
-      except ValueError as e:  # no diagram, or a row the space cannot read
-        why = str(e).removeprefix("no diagram: ")
-    if why:  # e.g. a custom space: its description above is all there is
-      md.append(f"(No diagram: {why}.)")
+    return md + ["Every child failed: there is no best architecture."]
+  best = top[0]
+  score = metric_value(best, rs.metric)
+  md += [f"The child with the best {label or 'reward'}: step {best['step']}, "
+         f"child {best['index']}: reward {best['reward']:.4f}"
+         + (f", {label} {_fmt(score)}" if score is not None else "")
+         + f", {best.get('param_count', 0):,} parameters.", "",
+         f"`{best.get('description', '')}`", ""]
+  why = rs.why
+  if rs.space is not None:
+    try:
+      draw_architecture(rs.space, best, os.path.join(out_dir, "best.png"), metric=rs.metric)
+      md.append("![best architecture](best.png)")
+    except ValueError as e:  # no diagram, or a row the space cannot read
+      why = str(e).removeprefix("no diagram: ")
+  if why:  # e.g. a custom space: its description above is all there is
+    md.append(f"(No diagram: {why}.)")
+  return md
 
-  md += ["", f"## Top {len(top)} architectures", ""]
+
+def _top_section(top, rs: RunSpace) -> list[str]:
+  """The table of the top architectures (markdown lines)."""
+  label = _metric_label(rs.metric) if rs.metric else None
+  md = ["", f"## Top {len(top)} architectures", ""]
   if rs.metric:
     md.append(f"Ranked by {_metric_text(rs)}: `metric` in config.json.")
   else:
@@ -543,10 +437,4 @@ def write_report(workdir: str, random_workdir: str | None = None,
                  + [_fmt(r.get("param_count")), f"`{r.get('description', '')}`"])
   md.append(_md_table(["#", "step.child", "reward"] + ([label] if label else [])
                       + ["params", "description"], table))
-  md += _retrain_section(workdir)
-  md.append("")
-
-  path = os.path.join(out_dir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(md))
-  return path
+  return md

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax.training import lm, lm_cells, ptb, trainer
+from nas_jax.training import lm, lm_cells, optim, ptb, trainer
 from nas_jax.spaces import rnn_cell
 
 
@@ -60,7 +60,7 @@ def _train(space, ops, corpus, cfg, keys, vmapped, log_fn=None):
   stream = ptb.batchify(train_ids, cfg.batch_size)
   step = 0
   for epoch in range(1, cfg.epochs + 1):
-    lr = lm.learning_rate(cfg, epoch)
+    lr = optim.lm_learning_rate(cfg, epoch)
     params, nlls, step = trainer.lm_epoch(train_step, params, ops,
                                           stack(lm.init_carry(cell, cfg, cfg.batch_size)), stream,
                                           cfg, lr, drop_keys, step, children=vmapped)

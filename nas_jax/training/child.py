@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax.training import data as data_lib, trainer
+from nas_jax.training import data as data_lib, optim, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _programs(model, cfg: TrainConfig, augment: bool,
 
   progs = trainer.classifier_programs(init, apply, cfg, augment, steps_per_epoch=steps_per_epoch)
   if getattr(model, "default_initializers", False):  # no init program to compile (jit is lazy)
-    tx = trainer.make_optimizer(cfg, steps_per_epoch)
+    tx = optim.child_optimizer(cfg, steps_per_epoch)
     progs = progs._replace(init=functools.partial(_host_init_state, model, tx))
   return progs
 
@@ -140,7 +140,7 @@ def host_init(model, key: jax.Array, x) -> dict:
 def _host_init_state(model, tx, key, x):
   """The init program's (params, batch_stats, opt_state), from :func:`host_init`.
 
-  The optimiser state of ``trainer.make_optimizer`` is all zeros (momenta, step count;
+  The optimiser state of ``optim.child_optimizer`` is all zeros (momenta, step count;
   tests/test_child.py checks it for each schedule): made on the host too, as eager ``tx.init``
   dispatches one op per variable (~0.2 s a child).
   """

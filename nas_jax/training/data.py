@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nas_jax.errors import ConfigError, DataUnavailableError, NotCifarBatchError  # noqa: F401
+
 DATASET_NAMES = ("digits", "cifar10")
 _DIGITS_TEST = 250
 _DIGITS_VALIDATION = 250
@@ -55,14 +57,6 @@ _CIFAR_VALIDATION = 5000
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-
-
-class DataUnavailableError(RuntimeError):
-  """The requested dataset is not on this machine; the message says how to get it."""
-
-
-class NotCifarBatchError(DataUnavailableError):
-  """A file named like a CIFAR-10 python batch holds something else (it is never executed)."""
 
 
 class Dataset(NamedTuple):
@@ -158,7 +152,6 @@ def load(data_cfg, seed: int = 0):
       larger than the dataset).
     DataUnavailableError: the data is not on this machine (the message says how to get it).
   """
-  from nas_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   if data_cfg.name == "ptb":
     from nas_jax.training import ptb  # pylint: disable=import-outside-toplevel
     return ptb.load_ptb(data_cfg.level, data_cfg.data_dir or None)
@@ -167,7 +160,7 @@ def load(data_cfg, seed: int = 0):
                         num_validation=data_cfg.num_validation or None,
                         max_train=data_cfg.max_train or None, seed=seed)
   except ValueError as e:  # e.g. a validation split larger than the dataset
-    raise config_lib.ConfigError(str(e)) from None
+    raise ConfigError(str(e)) from None
 
 
 def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -2,9 +2,10 @@
 
 An evaluator is ``(space, archs, data, keys) -> iterable of ChildResult`` (in order, so the search
 loop records each child as soon as it is done) with a ``metric`` attribute naming the value that
-ranks children (:class:`nas_jax.spaces.base.Metric`). A space chooses its evaluator
-(``space.evaluator(config)``, with the parsed :class:`nas_jax.config.Config`); a user's space whose ``build`` returns a Flax image classifier gets
-:func:`exact` without defining anything.
+ranks children (:class:`nas_jax.spaces.base.Metric`). Each takes its own config section. The
+experiment assembly (:mod:`nas_jax.experiment`) picks one per space type; a user's space whose
+``build`` returns a Flax image classifier gets :func:`exact` without defining anything, and a
+space may bring its own (``space.evaluator(config)``).
 
 * :func:`exact` (image classifiers): each child compiled at its exact shapes and cached
   (``nas_jax.training.child``); on one device ``config.child.parallel_children`` children train
@@ -34,7 +35,7 @@ from typing import Callable, Iterable
 import jax
 from absl import logging
 
-from nas_jax import config as config_lib
+from nas_jax.errors import ConfigError
 from nas_jax.spaces import base
 from nas_jax.training import cell_children, child, masked_children, trainer
 
@@ -49,14 +50,13 @@ class Evaluator:
     return self.fn(space, archs, data, keys)
 
 
-def _log_fn(config):
-  return logging.info if config.search.verbose else None
+def _log_fn(verbose: bool):
+  return logging.info if verbose else None
 
 
-def cells(config: config_lib.Config) -> Evaluator:
+def cells(lm_child, verbose: bool = False) -> Evaluator:
   """Language models with the searched cells, m at a time; reward c / ppl^2 (or above the
-  unigram model's, ``lm_child.reward_above_unigram``)."""
-  lm_child = config.lm_child
+  unigram model's, ``lm_child.reward_above_unigram``). ``lm_child``: ``config.lm_child``."""
 
   def evaluate_cells(space, archs, corpus, keys):
     if not archs:
@@ -65,7 +65,7 @@ def cells(config: config_lib.Config) -> Evaluator:
              else None)
     return _all_or_failed(archs, lambda: cell_children.evaluate_cells(
         space, archs, corpus, lm_child.lm, keys, reward_constant=lm_child.reward_constant,
-        vmap=lm_child.vmap, reward_floor_ppl=floor, log_fn=_log_fn(config)),
+        vmap=lm_child.vmap, reward_floor_ppl=floor, log_fn=_log_fn(verbose)),
         {"val_ppl": None, "train_ppl": None})
   return Evaluator(evaluate_cells, base.PERPLEXITY)
 
@@ -86,10 +86,11 @@ class _OnDevice:
     return self._cache[(id(dataset), device)]
 
 
-def masked(config: config_lib.Config) -> Evaluator:
-  """The m CNN children of a step in one vmapped program over the masked max-size network."""
-  train_cfg, placed = config.child.train, _OnDevice()
-  devices = local_devices(config.child.num_devices)
+def masked(child_cfg, verbose: bool = False) -> Evaluator:
+  """The m CNN children of a step in one vmapped program over the masked max-size network
+  (``child_cfg``: ``config.child``)."""
+  train_cfg, placed = child_cfg.train, _OnDevice()
+  devices = local_devices(child_cfg.num_devices)
   replicated = (jax.sharding.NamedSharding(trainer.children_mesh(devices),
                                            jax.sharding.PartitionSpec())
                 if len(devices) > 1 else devices[0])
@@ -99,19 +100,20 @@ def masked(config: config_lib.Config) -> Evaluator:
       return []
     return _all_or_failed(archs, lambda: masked_children.evaluate_masked(
         space, archs, placed(dataset, replicated), train_cfg, keys, devices=tuple(devices),
-        log_fn=_log_fn(config)), _NO_ACCURACY)
+        log_fn=_log_fn(verbose)), _NO_ACCURACY)
   return Evaluator(evaluate_vmap, base.ACCURACY)
 
 
-def exact(config: config_lib.Config) -> Evaluator:
+def exact(child_cfg, verbose: bool = False) -> Evaluator:
   """Each child at its exact shapes; on one device ``child.parallel_children`` at once (0: as many
-  as a CPU has cores, 1 on an accelerator), on several one after another on each."""
-  train_cfg, placed, log_fn = config.child.train, _OnDevice(), _log_fn(config)
-  devices = local_devices(config.child.num_devices)
+  as a CPU has cores, 1 on an accelerator), on several one after another on each
+  (``child_cfg``: ``config.child``)."""
+  train_cfg, placed, log_fn = child_cfg.train, _OnDevice(), _log_fn(verbose)
+  devices = local_devices(child_cfg.num_devices)
   # One single-thread queue per device: a child runs on the device it was assigned to.
   pools = ([concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"child-{d}")
             for d in range(len(devices))] if len(devices) > 1 else None)
-  workers = child.parallel_children(config.child.parallel_children) if pools is None else 1
+  workers = child.parallel_children(child_cfg.parallel_children) if pools is None else 1
   compiled_on = collections.OrderedDict()  # model -> indices of the devices it was compiled for
   # Wall seconds of recent children that compiled on their device (cold) and that did not (warm):
   # their ratio is the compile cost assign_devices weighs, as measured on this workload.
@@ -205,7 +207,7 @@ def local_devices(num_devices: int = 0) -> list:
   """The first ``num_devices`` local devices (0: all of them)."""
   devices = jax.local_devices()
   if num_devices > len(devices):
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.child.num_devices: {num_devices} asked for, this process has {len(devices)} "
         f"({devices[0].platform}); use 0 for all of them")
   return devices[:num_devices or len(devices)]

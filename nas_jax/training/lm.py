@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nas_jax.training import ptb, trainer
+from nas_jax.training import optim, ptb, trainer
 
 
 class Cell(NamedTuple):
@@ -77,9 +77,6 @@ def lstm_cell(init_scale: float = 0.1, forget_bias: float = 0.0) -> Cell:
   return Cell(init, project, step, init_carry)
 
 
-OPTIMIZERS = ("sgd", "adam")
-
-
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
   """Model and training hyperparameters (defaults: Zaremba et al.'s *small* configuration).
@@ -122,9 +119,9 @@ class LMConfig:
   weight_decay: float = 0.0         # decoupled: p -= lr * weight_decay * p per step (all params)
 
   def __post_init__(self):
-    if self.optimizer not in OPTIMIZERS:
+    if self.optimizer not in optim.LM_OPTIMIZERS:
       raise ValueError(f"lm.optimizer: unknown optimizer {self.optimizer!r}; use one of "
-                       f"{OPTIMIZERS}")
+                       f"{optim.LM_OPTIMIZERS}")
     if self.weight_decay < 0:
       raise ValueError(f"lm.weight_decay: must be >= 0, got {self.weight_decay}")
 
@@ -216,13 +213,9 @@ class AdamState(NamedTuple):
   opt_state: Any
 
 
-def _adam() -> optax.GradientTransformation:
-  return optax.scale_by_adam()
-
-
 def init_train_state(params, cfg: LMConfig):
   """What :func:`make_train_step` threads: ``params`` (SGD) or ``AdamState(params, moments)``."""
-  return params if cfg.optimizer == "sgd" else AdamState(params, _adam().init(params))
+  return params if cfg.optimizer == "sgd" else AdamState(params, optim.lm_adam().init(params))
 
 
 def state_params(state, cfg: LMConfig):
@@ -274,7 +267,7 @@ def make_train_step(cell: Cell, cfg: LMConfig, sparse_embedding: bool | None = N
         state = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
     else:
       clipped = jax.tree.map(lambda g: scale * g, grads)
-      updates, opt_state = _adam().update(clipped, state.opt_state)
+      updates, opt_state = optim.lm_adam().update(clipped, state.opt_state)
       state = AdamState(jax.tree.map(lambda p, u: p - lr * (u + wd * p), params, updates),
                         opt_state)
     return state, jax.tree.map(jax.lax.stop_gradient, new_carry), nll
@@ -321,11 +314,6 @@ def make_eval_step(cell: Cell, cfg: LMConfig):
   return eval_step
 
 
-def learning_rate(cfg: LMConfig, epoch: int) -> float:
-  """Zaremba et al.'s schedule; ``epoch`` counts from 1."""
-  return cfg.learning_rate * cfg.lr_decay ** max(epoch - cfg.decay_after_epoch, 0)
-
-
 @functools.lru_cache(maxsize=32)
 def _jitted(cell: Cell, cfg: LMConfig):
   return (jax.jit(make_train_step(cell, cfg), donate_argnums=(0, 2)),
@@ -368,7 +356,7 @@ def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=
   history = []
   step = 0
   for epoch in range(1, cfg.epochs + 1):
-    lr = learning_rate(cfg, epoch)
+    lr = optim.lm_learning_rate(cfg, epoch)
     t0 = time.time()
     state, nlls, step = trainer.lm_epoch(train_step, state, ops,
                                          init_carry(cell, cfg, cfg.batch_size), stream, cfg, lr,

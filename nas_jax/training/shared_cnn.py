@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nas_jax.spaces import base
 from nas_jax.spaces.cnn import CNNArch
-from nas_jax.spaces.masked_cnn import MaskedArch, MaskedCNN, stack_archs
-from nas_jax.training import data as data_lib, trainer
+from nas_jax.spaces.masked_cnn import MaskedArch, MaskedCNN, exact_param_count, stack_archs
+from nas_jax.training import data as data_lib, optim, shared as shared_lib, trainer
 
 
 def full_arch(net: MaskedCNN) -> MaskedArch:
@@ -85,44 +86,13 @@ class Programs(NamedTuple):
   eval_step: object   # (params, marcs_M, images, labels, idx_B, valid_B) -> correct_M
 
 
-def lr_schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """``config.shared``'s learning rate per training step: constant, cosine to ``lr_min``, or
-  SGDR (Loshchilov & Hutter 2017; ENAS's): cosine periods of ``lr_t0`` epochs, each next one
-  ``lr_t_mul`` times longer, restarting at ``learning_rate``."""
-  hi, lo = cfg.learning_rate, cfg.lr_min
-  if cfg.lr_schedule == "constant":
-    return optax.constant_schedule(hi)
-  if cfg.lr_schedule == "cosine":
-    return lambda t: lo + (hi - lo) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(
-        t / max(total_steps, 1), 1.0)))
-
-  def sgdr(t):
-    epoch = t / steps_per_epoch
-    t0, mul = float(cfg.lr_t0), float(cfg.lr_t_mul)
-    if mul == 1:
-      k = jnp.floor(epoch / t0)
-      start, period = k * t0, t0
-    else:  # periods t0, t0*mul, ...; period k starts at t0 (mul^k - 1) / (mul - 1)
-      k = jnp.floor(jnp.log1p(epoch * (mul - 1) / t0) / jnp.log(mul))
-      start, period = t0 * (mul ** k - 1) / (mul - 1), t0 * mul ** k
-    frac = jnp.clip((epoch - start) / period, 0.0, 1.0)
-    return lo + (hi - lo) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
-  return sgdr
-
-
-def optimizer(cfg, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum and weight decay, the gradient norm clipped (``grad_clip``)."""
-  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-  return optax.chain(*parts, optax.add_decayed_weights(cfg.weight_decay),
-                     optax.sgd(lr_schedule(cfg, steps_per_epoch, total_steps),
-                               momentum=cfg.momentum, nesterov=cfg.nesterov))
 
 
 @functools.lru_cache(maxsize=8)
 def programs(net: MaskedCNN, cfg, augment: bool, steps_per_epoch: int,
              total_steps: int) -> Programs:
   """The jitted train and eval programs of the shared network ``net`` (``cfg``: SharedConfig)."""
-  tx = optimizer(cfg, steps_per_epoch, total_steps)
+  tx = optim.shared_optimizer(cfg, steps_per_epoch, total_steps)
 
   def train_step(params, opt_state, marcs_N, images, labels, idx_B, key, step):
     x, y = images[idx_B], labels[idx_B]
@@ -216,3 +186,81 @@ def exact_variables(net: MaskedCNN, arch: CNNArch, params: dict,
   if jax.tree.structure(out) != jax.tree.structure(shapes) or got != want:
     raise ValueError(f"exact_variables: {got} do not match CNNChild's {want}")
   return out
+
+
+class Executor:
+  """The CNN space's executor (:class:`nas_jax.training.shared.Executor`): the shared masked
+  network of this module (values: validation accuracies)."""
+
+  metric = base.ACCURACY
+
+  def __init__(self, settings: shared_lib.Settings, space, dataset, keys: dict):
+    sh = settings.shared
+    self.sh, self.keys = sh, keys
+    self.num_layers = space.num_layers(0)
+    image_shape = tuple(int(d) for d in dataset.train_images.shape[1:])
+    self.net = MaskedCNN(space, self.num_layers, image_shape, dataset.num_classes)
+    self.image_channels, self.num_classes = image_shape[2], dataset.num_classes
+    n = dataset.train_images.shape[0]
+    self.bs = min(sh.batch_size, n)
+    self.steps_per_epoch = n // self.bs
+    self.train_steps = sh.train_steps or self.steps_per_epoch
+    total = sh.epochs * self.train_steps
+    self.progs = programs(self.net, sh, bool(dataset.augment), self.steps_per_epoch,
+                                     total)
+    self.tx = optim.shared_optimizer(sh, self.steps_per_epoch, total)
+    self.train_x, self.train_y = jnp.asarray(dataset.train_images), jnp.asarray(
+        dataset.train_labels)
+    self.val_x, self.val_y = jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels)
+    self.eval_bs = min(sh.eval_batch_size, self.val_x.shape[0])
+    self._perm = (None, None)
+
+  def init(self) -> dict:
+    params = init(self.net, self.keys["weights"])
+    return {"params": params, "opt_state": self.tx.init(params)}
+
+  def _train_indices(self, g: int) -> np.ndarray:
+    epoch, b = divmod(g, self.steps_per_epoch)
+    if self._perm[0] != epoch:
+      rng = trainer.host_rng(jax.random.fold_in(self.keys["data"], epoch))
+      self._perm = (epoch, rng.permutation(self.train_x.shape[0]))
+    return self._perm[1][b * self.bs:(b + 1) * self.bs]
+
+  def _val_indices(self, j: int) -> np.ndarray:
+    rng = trainer.host_rng(jax.random.fold_in(self.keys["val"], j))
+    return rng.permutation(self.val_x.shape[0])[:self.eval_bs]
+
+  def train_step(self, ws: dict, archs, g: int):
+    params, opt_state, loss = self.progs.train_step(
+        ws["params"], ws["opt_state"], encode(self.net, archs), self.train_x,
+        self.train_y, self._train_indices(g), self.keys["aug"], g)
+    return {**ws, "params": params, "opt_state": opt_state}, loss
+
+  def loss_fields(self, losses: list, phase: int) -> dict:
+    train_loss = float(np.mean(np.asarray(losses))) if losses else float("nan")
+    if losses and not np.isfinite(train_loss):
+      raise FloatingPointError(f"the shared weights' training loss became {train_loss} in epoch "
+                               f"{phase}; lower config.shared.learning_rate or set "
+                               "config.shared.grad_clip")
+    return {"train_loss": train_loss}
+
+  def score(self, ws: dict, archs, j: int) -> np.ndarray:
+    idx = self._val_indices(j)
+    correct = self.progs.eval_step(ws["params"], encode(self.net, archs), self.val_x,
+                                   self.val_y, idx, np.ones(len(idx), bool))
+    return np.asarray(correct) / len(idx)
+
+  def score_all(self, ws: dict, archs) -> np.ndarray:
+    return accuracy(self.progs, ws["params"], encode(self.net, archs),
+                               self.val_x, self.val_y, self.eval_bs)
+
+  def reward(self, acc: float) -> float:
+    return float(acc) ** self.sh.reward_power
+
+  def error(self, acc: float) -> str:
+    del acc
+    return ""
+
+  def fields(self, arch, acc: float) -> dict:
+    return {"val_accuracy": float(acc), "val_accuracies": [float(acc)],
+            "param_count": exact_param_count(arch, self.image_channels, self.num_classes)}

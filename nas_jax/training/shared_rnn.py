@@ -10,7 +10,7 @@ a traced value. The m children of a controller step run in one program, ``jax.vm
 ops arrays (and states) with the shared weights broadcast (``in_axes=None``).
 
 Training (:func:`programs`' ``train_step``): one SGD step (``config.shared``'s optimiser,
-:func:`nas_jax.training.shared_cnn.optimizer`) on one BPTT window of the training stream for
+:func:`nas_jax.training.optim.shared_optimizer`) on one BPTT window of the training stream for
 N freshly sampled cells, the loss the mean over the N cells of the per-token NLL (ENAS's and
 AWD-LSTM's scale, so ENAS's learning rate 20 and clipping at 0.25 apply; ``lm.py`` sums over
 time, Zaremba et al.'s). Hidden state: carried from window to window as ENAS does (reset to zero
@@ -30,7 +30,6 @@ There is no BatchNorm in the LM, so train and eval mode differ only by dropout.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import NamedTuple, Sequence
@@ -40,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nas_jax import config as config_lib
+from nas_jax.errors import ConfigError
 from nas_jax.spaces import base, rnn_cell
-from nas_jax.training import lm, lm_cells, ptb, shared_cnn, trainer
+from nas_jax.training import lm, lm_cells, optim, ptb, shared as shared_lib, trainer
 
 
 def cell(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig) -> lm.Cell:
@@ -91,9 +90,9 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int,
-             sh: config_lib.SharedConfig, steps_per_epoch: int, total_steps: int) -> Programs:
+             sh: shared_lib.SharedConfig, steps_per_epoch: int, total_steps: int) -> Programs:
   """The jitted train and eval programs of the shared LM (``sh``: the SharedConfig)."""
-  lm_cell, tx = cell(space, cfg), shared_cnn.optimizer(sh, steps_per_epoch, total_steps)
+  lm_cell, tx = cell(space, cfg), optim.shared_optimizer(sh, steps_per_epoch, total_steps)
   use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
 
   def train_step(params, opt_state, carry_N, ops_NxO, inputs, targets, key, step):
@@ -141,14 +140,15 @@ def _window(stream_BxN: np.ndarray, w: int, bptt: int):
 
 
 class Executor:
-  """The recurrent-cell space under :mod:`nas_jax.core.shared_search`'s schedule: the shared LM's
-  state, one training step, and the scores of M cells (values: validation perplexities)."""
+  """The recurrent-cell space's executor (:class:`nas_jax.training.shared.Executor`): the shared
+  LM's state, one training step, and the scores of M cells (values: validation perplexities)."""
 
   metric = base.PERPLEXITY
 
-  def __init__(self, config, space: rnn_cell.RNNCellSpace, corpus: ptb.Corpus, keys: dict):
-    sh, lmc = config.shared, config.lm_child
-    self.sh, self.space, self.cfg, self.m = sh, space, lmc.lm, config.search.children_per_step
+  def __init__(self, settings: shared_lib.Settings, space: rnn_cell.RNNCellSpace,
+               corpus: ptb.Corpus, keys: dict):
+    sh, lmc = settings.shared, settings.lm_child
+    self.sh, self.space, self.cfg, self.m = sh, space, lmc.lm, settings.children_per_step
     self.reward_constant = lmc.reward_constant
     self.vocab_size = len(corpus.vocab)
     self.keys = keys
@@ -163,9 +163,9 @@ class Executor:
     self.val_windows = ptb.num_segments(self.val_stream, cfg.bptt)
     self.steps_per_epoch = self.windows
     self.train_steps = sh.train_steps or self.windows
-    self.progs = programs(space, cfg, self.vocab_size, _optimizer_only(sh), self.steps_per_epoch,
+    self.progs = programs(space, cfg, self.vocab_size, shared_lib.program_settings(sh), self.steps_per_epoch,
                           sh.epochs * self.train_steps)
-    self.tx = shared_cnn.optimizer(sh, self.steps_per_epoch, sh.epochs * self.train_steps)
+    self.tx = optim.shared_optimizer(sh, self.steps_per_epoch, sh.epochs * self.train_steps)
     self.param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(
         lambda k: init(space, cfg, self.vocab_size, k), jax.random.key(0))))
     self.num_layers = space.num_layers(0)
@@ -227,21 +227,10 @@ class Executor:
     return {"val_ppl": float(ppl) if np.isfinite(ppl) else None, "param_count": self.param_count}
 
 
-def _optimizer_only(sh: config_lib.SharedConfig) -> config_lib.SharedConfig:
-  """``sh`` with the fields the programs do not read at their defaults: searches that differ only
-  in the schedule's lengths share one compiled program (``programs`` is cached by its arguments)."""
-  d = config_lib.SharedConfig()
-  return dataclasses.replace(sh, epochs=d.epochs, train_steps=d.train_steps,
-                             children_per_batch=d.children_per_batch,
-                             controller_steps=d.controller_steps, derive_samples=d.derive_samples,
-                             derive_top_k=d.derive_top_k, batch_size=d.batch_size,
-                             eval_batch_size=d.eval_batch_size)
-
-
 def _stream(ids: np.ndarray, rows: int, bptt: int, tokens_field: str, rows_field: str):
   """``ptb.batchify(ids, rows)``, or a ConfigError if it holds no window of ``bptt`` steps."""
   if len(ids) // rows < bptt + 1:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.lm_child.{tokens_field}: {len(ids)} tokens make {rows} streams "
         f"({rows_field}) shorter than one window of lm_child.bptt={bptt} steps; give more "
         f"tokens or fewer streams")

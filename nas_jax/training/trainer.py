@@ -9,7 +9,7 @@ Two loops train every child, each a Python loop over jitted steps, with an optio
 *children* axis (m children vmapped in one program, optionally split over devices):
 
 * image classifiers (:func:`classifier_programs`, :func:`fit_classifiers`): any model given as
-  ``(init, apply)``, trained with the paper's SGD (:func:`make_optimizer`, Section 4.1); the exact
+  ``(init, apply)``, trained with the paper's SGD (:func:`nas_jax.training.optim.child_optimizer`, Section 4.1); the exact
   children of ``child.py`` (one architecture per program) and the masked children of
   ``masked_children.py`` (m architectures as arrays);
 * language models (:func:`lm_epoch`, :func:`lm_nll`): truncated BPTT over the given step
@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nas_jax.training import data as data_lib, ptb
+from nas_jax.training import data as data_lib, optim, ptb
 
 if TYPE_CHECKING:
   from nas_jax.training.child import TrainConfig
@@ -121,45 +122,10 @@ def reward_from_accuracies(val_accuracies, cfg: TrainConfig) -> tuple[float, flo
   return acc ** cfg.reward_power, acc
 
 
-LR_SCHEDULES = ("constant", "step", "cosine")
-
-
 def steps_per_epoch(dataset: data_lib.Dataset, cfg: TrainConfig) -> int:
   """Minibatches per epoch of :func:`fit_classifiers` (the last partial batch is dropped)."""
   n = dataset.train_images.shape[0]
   return n // min(cfg.batch_size, n)
-
-
-def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None) -> optax.ScalarOrSchedule:
-  """``cfg.learning_rate`` under ``cfg.lr_schedule`` (see ``TrainConfig``), per optimiser step.
-
-  ``"step"`` divides the rate by 10 at 50% and at 75% of ``cfg.epochs`` (DenseNet's recipe, which
-  the paper's child training follows); ``"cosine"`` decays it to 0 over the epochs.
-  """
-  if cfg.lr_schedule == "constant":
-    return cfg.learning_rate
-  if cfg.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"config.child.lr_schedule={cfg.lr_schedule!r}: one of {LR_SCHEDULES}")
-  if not steps_per_epoch:
-    raise ValueError(f"lr_schedule={cfg.lr_schedule!r} needs the number of steps per epoch")
-  total = cfg.epochs * steps_per_epoch
-  if cfg.lr_schedule == "cosine":
-    return optax.cosine_decay_schedule(cfg.learning_rate, total)
-  return optax.piecewise_constant_schedule(
-      cfg.learning_rate, {total // 2: 0.1, total * 3 // 4: 0.1})
-
-
-def make_optimizer(cfg: TrainConfig,
-                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum and weight decay: the paper's child optimiser (Section 4.1).
-
-  The learning rate follows ``cfg.lr_schedule`` (:func:`learning_rate`); a schedule other than
-  ``"constant"`` needs ``steps_per_epoch``.
-  """
-  return optax.chain(
-      optax.add_decayed_weights(cfg.weight_decay),
-      optax.sgd(learning_rate(cfg, steps_per_epoch), momentum=cfg.momentum,
-                nesterov=cfg.nesterov))
 
 
 def children_mesh(devices: Sequence) -> jax.sharding.Mesh:
@@ -210,9 +176,9 @@ def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augme
 
   Returns:
     :class:`Programs`. A step computes the softmax cross-entropy of one batch of
-    ``images[idx_B]`` and one update of :func:`make_optimizer`; the train step donates its state.
+    ``images[idx_B]`` and one update of :func:`nas_jax.training.optim.child_optimizer`; the train step donates its state.
   """
-  tx = make_optimizer(cfg, steps_per_epoch)
+  tx = optim.child_optimizer(cfg, steps_per_epoch)
 
   def init_state(key, init_input):
     params, batch_stats = init(key, init_input)
@@ -269,6 +235,39 @@ class Fit(NamedTuple):
   param_count: int       # parameters of one child's network as trained
 
 
+class Epoch(NamedTuple):
+  """What :func:`train_epochs` yields after each epoch."""
+  number: int      # from 1
+  state: tuple     # (params, batch_stats, opt_state) after the epoch
+  losses: list     # each minibatch's training loss, in order (device arrays)
+  started: float   # time.time() when the epoch began
+
+
+def train_epochs(progs: Programs, state: tuple, cfg: TrainConfig, train_x, train_y,
+                 orders: Callable[[int], Sequence[np.ndarray]], aug_keys, *, arch=None,
+                 first: int = 1, children: bool = False) -> Iterator[Epoch]:
+  """The classifier epoch loop (the search's children and the final training alike).
+
+  Epochs ``first`` .. ``cfg.epochs``: the minibatches of ``cfg.batch_size`` (the last partial
+  one dropped) of ``orders(epoch)``, one permutation of the training set per child, each one
+  ``progs.train_step`` (global step ``(epoch - 1) * steps_per_epoch + b``, which schedules and
+  augmentation read). After each epoch it yields an :class:`Epoch`: the caller's per-epoch hook
+  (score, check, checkpoint, log) is the body of its ``for`` loop, which may stop by leaving it.
+  """
+  n = train_x.shape[0]
+  bs = min(cfg.batch_size, n)
+  params, batch_stats, opt_state = state
+  for epoch in range(first, cfg.epochs + 1):
+    started, perms, losses = time.time(), orders(epoch), []
+    for b in range(n // bs):
+      idx = [perm[b * bs:(b + 1) * bs] for perm in perms]
+      params, batch_stats, opt_state, loss = progs.train_step(
+          params, batch_stats, opt_state, arch, train_x, train_y,
+          np.stack(idx) if children else idx[0], aug_keys, (epoch - 1) * (n // bs) + b)
+      losses.append(loss)
+    yield Epoch(epoch, (params, batch_stats, opt_state), losses, started)
+
+
 def fit_classifiers(programs: Callable[[], Programs], dataset: data_lib.Dataset, cfg: TrainConfig,
                     keys: Sequence[jax.Array], *, arch=None, init_input=None,
                     children: bool = False, num_children: int | None = None,
@@ -315,18 +314,12 @@ def fit_classifiers(programs: Callable[[], Programs], dataset: data_lib.Dataset,
         init_keys, train_x[:1] if init_input is None else init_input)
     param_count = int(sum(p.size for p in jax.tree.leaves(params))) // len(keys)
     n = train_x.shape[0]
-    bs = min(cfg.batch_size, n)
     rngs = [host_rng(k) for k in data_keys]
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
-      perms = [rng.permutation(n) for rng in rngs]
-      for b in range(n // bs):
-        idx = [perm[b * bs:(b + 1) * bs] for perm in perms]
-        params, batch_stats, opt_state, loss = progs.train_step(
-            params, batch_stats, opt_state, arch, train_x, train_y,
-            np.stack(idx) if children else idx[0], aug_keys, step)
-        step += 1
-      loss = np.atleast_1d(np.asarray(loss))
+    for ep in train_epochs(progs, (params, batch_stats, opt_state), cfg, train_x, train_y,
+                           lambda epoch: [rng.permutation(n) for rng in rngs], aug_keys,
+                           arch=arch, children=children):
+      epoch, (params, batch_stats, opt_state) = ep.number, ep.state
+      loss = np.atleast_1d(np.asarray(ep.losses[-1]))
       errors = [d if e is None else e for e, d in zip(errors, diverged(loss[:m], epoch))]
       if all(errors):
         break
@@ -409,3 +402,13 @@ def lm_nll(eval_step: Callable, params, ops, carry, stream_BxN: np.ndarray,
     nlls.append(nll)
     count += y.size
   return nlls, count
+
+
+def flops(module, variables, input_shape: Sequence[int]) -> int:
+  """XLA's FLOP count of one image's inference forward pass (a multiply-add is 2 FLOPs; the taps of a SAME-padded convolution
+  that fall on the padding are not counted)."""
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  cost = jax.jit(lambda v, x: module.apply(v, x)).lower(variables, x).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+    cost = cost[0]
+  return int(cost.get("flops", 0))
