@@ -76,7 +76,7 @@ def test_assign_devices_remembers_a_bounded_number_of_architectures():
 _VMAP_SCRIPT = """
 import importlib.util, json, sys
 import jax
-from nas_jax import config as config_lib
+from nas_jax import config as config_lib, experiment
 from nas_jax.training import data as data_lib
 from nas_jax.spaces import make_space
 from nas_jax.spaces.cnn import CNNArch, Layer
@@ -94,7 +94,7 @@ keys = [jax.random.key(i) for i in range(3)]
 out = {}
 for n in (1, 2, 8):
   cfg.child.num_devices = n
-  results = list(space.evaluator(config_lib.parse(cfg))(space, archs, data, keys))
+  results = list(experiment.evaluator_of(config_lib.parse(cfg))(space, archs, data, keys))
   out[n] = [[r.reward, r.metrics["val_accuracies"], r.param_count, r.failed] for r in results]
 json.dump(out, sys.stdout)
 """

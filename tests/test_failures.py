@@ -359,7 +359,7 @@ def test_children_trained_together_that_raise_are_recorded_as_failed(monkeypatch
     raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 12 GiB")
   monkeypatch.setattr(cell_children, "evaluate_cells", out_of_memory)
   cfg = load_config("rnn_ptb_cpu", "quick")
-  results = evaluators.cells(config_lib.parse(cfg))(None, ["cell a", "cell b"], None, [None, None])
+  results = evaluators.cells(config_lib.parse(cfg).lm_child)(None, ["cell a", "cell b"], None, [None, None])
   assert len(results) == 2
   assert all(r.failed and r.reward == 0.0 and r.error.startswith("MemoryError: RESOURCE_EXHAUSTED")
              for r in results)

@@ -166,3 +166,28 @@ def test_vmap_over_per_model_params():
   for k in range(3):
     _, one = nascell_apply(jax.tree.map(lambda a: a[k], ps), carry, x)
     np.testing.assert_allclose(outs[k], one, atol=1e-6)
+
+
+# TensorFlow's published test vectors for its NASCell (tf.contrib.rnn's rnn_cell_test.py,
+# testNASCell and testNASCellProj, kept in tensorflow_addons' cell_test.py): every kernel 0.5, the
+# bias 0, inputs rows of 1s, 2s and 3s, state 0.1. Each row is constant across units.
+_TF_NASCELL = {  # num_proj -> (new c, new m = output), the first unit of each of the 3 rows
+    None: ([0.71579772, 0.78041625, 0.79457647], [0.576751, 0.618936, 0.627393]),
+    5: ([0.69855207, 0.77073824, 0.78973997], [1.697418, 1.840037, 1.873985]),
+}
+
+
+@pytest.mark.parametrize("num_proj", [None, 5])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_tensorflows_published_nascell_vectors(num_proj, use_bias):
+  params = nascell_init(jax.random.key(0), 4, 6, num_proj=num_proj, use_bias=use_bias)
+  params = {k: jnp.zeros_like(v) if k == "bias" else jnp.full_like(v, 0.5)
+            for k, v in params.items()}
+  x = jnp.asarray([[1.0] * 4, [2.0] * 4, [3.0] * 4])
+  carry = (0.1 * jnp.ones((3, 6)), 0.1 * jnp.ones((3, num_proj or 6)))
+  (c, m), out = nascell_apply(params, carry, x)
+  want_c, want_m = (np.asarray(v, np.float32)[:, None] for v in _TF_NASCELL[num_proj])
+  assert c.shape == (3, 6) and m.shape == (3, num_proj or 6)
+  np.testing.assert_allclose(c, np.broadcast_to(want_c, c.shape), rtol=1e-5)
+  np.testing.assert_allclose(m, np.broadcast_to(want_m, m.shape), rtol=1e-5)
+  np.testing.assert_array_equal(out, m)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from nas_jax.core import history
 from nas_jax.tools import analysis, plots, report
 from nas_jax.spaces import base, cnn, rnn_cell
 
@@ -330,7 +331,7 @@ def test_report_reads_space_and_metric_from_config(cell_workdir, tmp_path, monke
   # a name the legacy table does not know, and the table emptied: only the recorded keys count
   json.dump(_recorded_config(cfg, "nas_jax.spaces.rnn_cell", "RNNCellSpace", "val_ppl", False,
                              "my_cells"), open(cfg_path, "w"))
-  monkeypatch.setattr(analysis, "_BUILT_IN", {})
+  monkeypatch.setattr(history, "_BUILT_IN", {})
   rs = report.run_space(report.load_run(path)["config"])
   assert rs.space == rnn_cell.RNNCellSpace(base=4, name="my_cells") and rs.why == ""
   assert rs.metric == base.Metric("val_ppl", False) == base.PERPLEXITY
