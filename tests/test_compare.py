@@ -65,22 +65,30 @@ def groups(tmp_path):
 def test_duplicates_count_once():
   rows = [_row(0, (1, 2), 0.9), _row(1, (1, 2), 0.7), _row(2, (3,), 0.5),
           _row(3, (4,), 0.95, failed=True), _row(4, (5,), 0.3)]
-  # unique, best reward each: {(1,2): 0.9, (3,): 0.5, (5,): 0.3}; the failed child is left out
-  assert analysis.unique_rewards(rows) == {"[1, 2]": 0.9, "[3]": 0.5, "[5]": 0.3}
+  # unique, each valued at the mean of its samples: {(1,2): 0.8, (3,): 0.5, (5,): 0.3}; the
+  # failed child is left out; --best_of_samples: (1,2) at 0.9
+  assert analysis.unique_rewards(rows) == pytest.approx({"[1, 2]": 0.8, "[3]": 0.5, "[5]": 0.3})
+  assert analysis.unique_rewards(rows, best_of_samples=True) == {"[1, 2]": 0.9, "[3]": 0.5,
+                                                                  "[5]": 0.3}
   s = analysis.summarize(rows)
-  assert s["top1_mean_reward"] == 0.9
-  assert s["top5_mean_reward"] == pytest.approx((0.9 + 0.5 + 0.3) / 3)  # not (0.9 + 0.7 + ...)
+  assert s["top1_mean_reward"] == pytest.approx(0.8)
+  assert s["top5_mean_reward"] == pytest.approx((0.8 + 0.5 + 0.3) / 3)  # not (0.9 + 0.7 + ...)
+  assert analysis.summarize(rows, best_of_samples=True)["top1_mean_reward"] == 0.9
   assert s["unique_architectures"] == 4 and s["failed"] == 1 and s["failed_share"] == 0.2
   assert analysis.top_k_mean([r["reward"] for r in rows], 2) == pytest.approx(0.8)  # non-unique
   # the curve: n counts every row sampled, the mean is over the unique ones so far
-  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2), [0.9, 0.9, 0.7, 0.7, 0.7])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2), [0.9, 0.8, 0.65, 0.65, 0.65])
   np.testing.assert_allclose(analysis.unique_topk_curve(rows, 5),
-                             [0.9, 0.9, 0.7, 0.7, (0.9 + 0.5 + 0.3) / 3])
+                             [0.9, 0.8, 0.65, 0.65, (0.8 + 0.5 + 0.3) / 3])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2, best_of_samples=True),
+                             [0.9, 0.9, 0.7, 0.7, 0.7])
   np.testing.assert_array_equal(analysis.unique_count_curve(rows), [1, 1, 2, 2, 3])
-  # a re-sample that beats the first evaluation raises the architecture's value
+  # a re-sample moves the architecture's value to the mean of its samples (best: only up)
   rows2 = [_row(0, (1,), 0.5), _row(1, (2,), 0.6), _row(2, (1,), 0.8)]
-  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 1), [0.5, 0.6, 0.8])
-  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 2), [0.5, 0.55, 0.7])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 1), [0.5, 0.6, 0.65])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 2), [0.5, 0.55, 0.625])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows2, 1, best_of_samples=True),
+                             [0.5, 0.6, 0.8])
   # no successful child yet: NaN
   curve = analysis.unique_topk_curve([_row(0, (1,), 0, failed=True), _row(1, (2,), 0.4)], 3)
   assert math.isnan(curve[0]) and curve[1] == 0.4
@@ -93,6 +101,8 @@ def test_unique_perplexity_top5():
   for r, ppl in zip(rows, (10.0, 12.0, 20.0)):
     r["val_ppl"] = ppl
   s = analysis.summarize(rows, metric=base.PERPLEXITY)
+  assert s["best_val_ppl"] == 11.0 and s["top5_mean_val_ppl"] == 15.5  # (mean(10, 12) + 20) / 2
+  s = analysis.summarize(rows, metric=base.PERPLEXITY, best_of_samples=True)
   assert s["best_val_ppl"] == 10.0 and s["top5_mean_val_ppl"] == 15.0  # (10 + 20) / 2
 
 
@@ -116,10 +126,11 @@ def test_compare_groups(groups):
   res = analysis.compare_groups(loaded)
   g = res["groups"]["reinforce"]
   top1 = g["stats"]["top1_mean_reward"]
-  assert top1["values"] == pytest.approx([0.8, 0.9, 1.0])
-  assert top1["lo"] == pytest.approx(0.9 - T_975_2DF * 0.1 / math.sqrt(3))
-  # top-5 of seed 0: unique {0.8, 0.5, 0.4, 0.3, 0.2} (0.75 is a re-sample of the 0.8)
-  assert g["runs"][0]["top5_mean_reward"] == pytest.approx(0.44)
+  # the top architecture of each seed was sampled twice (top, top - 0.05): valued at the mean
+  assert top1["values"] == pytest.approx([0.775, 0.875, 0.975])
+  assert top1["lo"] == pytest.approx(0.875 - T_975_2DF * 0.1 / math.sqrt(3))
+  # top-5 of seed 0: unique {0.775, 0.5, 0.4, 0.3, 0.2} (0.8 and 0.75 are one architecture)
+  assert g["runs"][0]["top5_mean_reward"] == pytest.approx(0.435)
   assert g["stats"]["unique_architectures"]["mean"] == 7  # 8 rows, one architecture twice
   assert g["stats"]["failed_share"]["mean"] == pytest.approx(1 / 8)
   assert g["stats"]["wall_seconds"]["mean"] == 40.0  # 4 steps x 10 s (steps.jsonl)
@@ -131,12 +142,17 @@ def test_compare_groups(groups):
   q = res["groups"]["random"]["runs"][0]
   assert q["mean_reward_first_quarter"] == pytest.approx(0.4)  # (0.2 + 0.6) / 2
   assert q["mean_reward_last_quarter"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
-  assert q["best_val_accuracy"] == pytest.approx(0.6 ** (1 / 3))
+  assert q["best_val_accuracy"] == pytest.approx((0.6 ** (1 / 3) + 0.55 ** (1 / 3)) / 2)
   json.dumps(res)  # JSON-friendly
   md = tables.comparison_markdown(res)
   line = next(l for l in md.splitlines() if l.startswith("| reinforce |"))
-  assert f"| 0.9000 ± {T_975_2DF * 0.1 / math.sqrt(3):.4f} |" in line and "| 3 |" in line
-  assert "| random | 1 (one run) | 0.6000 |" in md and "95% t-interval" in md
+  assert f"| 0.8750 ± {T_975_2DF * 0.1 / math.sqrt(3):.4f} |" in line and "| 3 |" in line
+  assert "| random | 1 (one run) | 0.5750 |" in md and "95% t-interval" in md
+  assert analysis.VALUE_FAIR in md
+  best_of = analysis.compare_groups(loaded, best_of_samples=True)
+  assert best_of["groups"]["reinforce"]["stats"]["top1_mean_reward"]["values"] == pytest.approx(
+      [0.8, 0.9, 1.0])
+  assert analysis.VALUE_BEST_OF in tables.comparison_markdown(best_of)
   assert "40 s" in line and "12.5%" in line
 
 
@@ -177,7 +193,7 @@ def test_plot_topk_groups(groups, tmp_path):
   # the single-run plot draws unique top-k too: its top-1 line ends at the unique best
   fig = plots.plot_topk({"reinforce": loaded.runs["reinforce"][0]["rows"]}, ks=(5,))
   ys = [l.get_ydata() for l in fig.axes[0].lines]
-  assert ys[-1][-1] == pytest.approx(0.44)
+  assert ys[-1][-1] == pytest.approx(0.435)
 
 
 def _cli(*args):
@@ -190,11 +206,13 @@ def test_cli(groups, tmp_path):
   res = _cli(f"--group=reinforce={','.join(groups['reinforce'])}",
              f"--group=random={groups['random'][0]}", f"--json={out_json}", f"--plot={out_png}")
   assert res.returncode == 0, res.stderr
-  assert "| reinforce | 3 | 0.9000 ±" in res.stdout and "| random | 1 (one run) |" in res.stdout
+  assert "| reinforce | 3 | 0.8750 ±" in res.stdout and "| random | 1 (one run) |" in res.stdout
   data = json.load(open(out_json))
   assert data["budget"] == 8 and data["metric"]["name"] == "val_accuracy"
   assert data["groups"]["reinforce"]["stats"]["top1_mean_reward"]["values"] == pytest.approx(
-      [0.8, 0.9, 1.0])
+      [0.775, 0.875, 0.975])
+  res = _cli(f"--group=reinforce={','.join(groups['reinforce'])}", "--best_of_samples")
+  assert res.returncode == 0 and "| reinforce | 3 | 0.9000 ±" in res.stdout, res.stderr
   assert open(out_png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   # the old --workdirs (each workdir a group of one run); mismatched metrics: one line naming
   # the flag and both groups
@@ -279,3 +297,17 @@ def test_a_weight_sharing_search_ranks_by_its_derive_rows(tmp_path):
   assert run["best_reward"] == pytest.approx(0.7) and run["ranked_by"] == "derive"
   assert "Weight-sharing searches (shared): top-k and best from their derive rows" in (
       tables.comparison_markdown(result))
+
+
+def test_the_planted_case_a_resampled_architecture_is_valued_at_its_mean(tmp_path):
+  # A sampled twice (0.9, then 0.1: one lucky training), B once (0.6): A's value is 0.5, so the
+  # fair top-1 is B's 0.6 and top-5 the mean of 0.6 and 0.5; the best of A's samples would say 0.9.
+  rows = [_row(0, (1,), 0.9), _row(1, (1,), 0.1), _row(2, (2,), 0.6)]
+  planted = _write(str(tmp_path / "planted"), rows)
+  res = _cli(f"--workdirs={planted}")
+  assert res.returncode == 0, res.stderr
+  line = next(l for l in res.stdout.splitlines() if l.startswith(f"| {planted} |"))
+  assert line.startswith(f"| {planted} | 1 (one run) | 0.6000 | 0.5500 | 0.5500 |"), line
+  res = _cli(f"--workdirs={planted}", "--best_of_samples")
+  line = next(l for l in res.stdout.splitlines() if l.startswith(f"| {planted} |"))
+  assert line.startswith(f"| {planted} | 1 (one run) | 0.9000 | 0.7500 | 0.7500 |"), line

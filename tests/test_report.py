@@ -130,11 +130,16 @@ def test_unique_topk_curve_by_hand():
   rows = [{"tokens": [t], "reward": r, "failed": f}
           for t, r, f in ((0, 0.5, False), (1, 0.2, False), (0, 0.9, False), (2, 0.0, True),
                           (3, 0.7, False))]
-  # architecture 0 sampled twice counts once (best reward 0.9); the failed child is left out
-  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 1), [0.5, 0.5, 0.9, 0.9, 0.9])
-  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2), [0.5, 0.35, 0.55, 0.55, 0.8])
+  # architecture 0 sampled twice counts once (the mean of its rewards, 0.7; the best, 0.9, with
+  # best_of_samples); the failed child is left out
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 1), [0.5, 0.5, 0.7, 0.7, 0.7])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2), [0.5, 0.35, 0.45, 0.45, 0.7])
   np.testing.assert_allclose(analysis.unique_topk_curve(rows, 10),
-                             [0.5, 0.35, 0.55, 0.55, (0.9 + 0.2 + 0.7) / 3])
+                             [0.5, 0.35, 0.45, 0.45, (0.7 + 0.2 + 0.7) / 3])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 1, best_of_samples=True),
+                             [0.5, 0.5, 0.9, 0.9, 0.9])
+  np.testing.assert_allclose(analysis.unique_topk_curve(rows, 2, best_of_samples=True),
+                             [0.5, 0.35, 0.55, 0.55, 0.8])
   assert analysis.unique_topk_curve([], 5).shape == (0,)
   with pytest.raises(ValueError):
     analysis.unique_topk_curve(rows, 0)

@@ -5,8 +5,10 @@
   python experiments/compare.py --workdirs /tmp/nas_digits,/tmp/nas_digits_random  # one run each
 
 Prints a markdown table, one row per group (searcher): the mean over its seeds, +- the half-width
-of the 95% t-interval (a group of one seed: one run, no interval), of the top-1/5/15 mean reward of
-unique architectures (deduplicated by tokens, failed children left out), the mean reward of the
+of the 95% t-interval (a group of one seed: one run, no interval), of the top-1/5/15 mean value of
+unique architectures (deduplicated by tokens, failed children left out; an architecture sampled
+more than once is valued at the mean reward of its samples, ``--best_of_samples`` at the best),
+the mean reward of the
 first and last quarter, the share of failed children, wall time, unique architectures and the best
 value of the children's metric. ``--json FILE`` writes the numbers (per group and per workdir),
 ``--plot FILE.png`` the top-k curves (the paper's Fig. 6), ``--dynamics`` a table per group of
@@ -35,6 +37,9 @@ _BUDGET = flags.DEFINE_integer("budget", None, "Compare the first N architecture
 _REWARD_CONSTANT = flags.DEFINE_float(
     "reward_constant", None, "Perplexity children: score every row as C / ppl^2 from its "
     "perplexity, for searches run with different rewards (e.g. lm_child.reward_above_unigram).")
+_BEST_OF_SAMPLES = flags.DEFINE_boolean(
+    "best_of_samples", False, "Value an architecture sampled more than once at its best reward "
+    "(biased towards searchers that resample) instead of the mean over its samples.")
 _JSON = flags.DEFINE_string("json", "", "Optional path for the numbers as JSON.")
 _PLOT = flags.DEFINE_string("plot", "", "Optional path for the top-k curves (PNG).")
 _DYNAMICS = flags.DEFINE_boolean("dynamics", False, "Also print, per group, how the search moved "
@@ -76,7 +81,7 @@ def main(argv):
     loaded = analysis.load_groups(_groups(), _BUDGET.value, _REWARD_CONSTANT.value)
   except analysis.CompareError as e:
     _fail(f"{flag}: {e}")
-  result = analysis.compare_groups(loaded)
+  result = analysis.compare_groups(loaded, best_of_samples=_BEST_OF_SAMPLES.value)
   print(tables.comparison_markdown(result))
   if _DYNAMICS.value:
     print("\n" + tables.dynamics_markdown(loaded))
@@ -86,7 +91,8 @@ def main(argv):
   if _PLOT.value:
     from nas_jax.tools import plots  # pylint: disable=import-outside-toplevel
     plots.plot_topk_groups({name: [r["rows"] for r in runs] for name, runs in loaded.runs.items()},
-                           ks=result["ks"], path=_PLOT.value)
+                           ks=result["ks"], path=_PLOT.value,
+                           best_of_samples=_BEST_OF_SAMPLES.value)
 
 
 def run():

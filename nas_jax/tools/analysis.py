@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
@@ -23,13 +24,31 @@ from nas_jax.core.history import (  # noqa: F401  (public here too)
 from nas_jax.spaces import base
 
 
-def unique_rewards(rows: list[dict]) -> dict[str, float]:
-  """Each architecture's reward, keyed by :func:`arch_key`, over the children that did not fail.
+VALUE_FAIR = ("an architecture's value is the mean reward over its samples (failed children left "
+              "out): every sample is a fresh training, so the best of several samples would rise "
+              "with their number and favour a searcher that resamples its favourites")
+VALUE_BEST_OF = ("an architecture's value is the best reward over its samples (failed children left "
+                 "out): biased towards searchers that resample an architecture")
 
-  An architecture sampled more than once counts once, with its best reward (its children are
-  retrained at each sample, so the rewards of one architecture differ by training noise).
-  """
-  return {arch_key(r): float(r["reward"]) for r in unique_best(rows)}
+
+def _per_arch(rows, value, best_of_samples: bool) -> dict[str, float]:
+  """``value(row)`` per architecture (:func:`arch_key`) over its rows that did not fail (and whose
+  value is not None): the mean, or with ``best_of_samples`` the largest, in first-sample order."""
+  samples: dict[str, list[float]] = {}
+  for r in rows:
+    if not r["failed"]:
+      v = value(r)
+      if v is not None:
+        samples.setdefault(arch_key(r), []).append(float(v))
+  if best_of_samples:
+    return {k: max(v) for k, v in samples.items()}
+  return {k: math.fsum(v) / len(v) for k, v in samples.items()}
+
+
+def unique_rewards(rows: list[dict], best_of_samples: bool = False) -> dict[str, float]:
+  """Each architecture's value, keyed by :func:`arch_key`, over the children that did not fail:
+  the mean reward of its samples (:data:`VALUE_FAIR`), or with ``best_of_samples`` the best."""
+  return _per_arch(rows, lambda r: r["reward"], best_of_samples)
 
 
 def top_k_mean(rewards, k: int) -> float:
@@ -41,39 +60,36 @@ def top_k_mean(rewards, k: int) -> float:
   return float(r.mean()) if r.size else float("nan")
 
 
-def unique_top_k_mean(rows: list[dict], k: int) -> float:
-  """Mean reward of the k best unique architectures (:func:`unique_rewards`: deduplicated by
-  tokens, failed children left out); fewer if fewer exist, NaN if none."""
-  return top_k_mean(list(unique_rewards(rows).values()), k)
+def unique_top_k_mean(rows: list[dict], k: int, best_of_samples: bool = False) -> float:
+  """Mean value of the k best unique architectures (:func:`unique_rewards`: deduplicated by
+  tokens, each valued at its mean reward, failed children left out); fewer if fewer exist, NaN
+  if none."""
+  return top_k_mean(list(unique_rewards(rows, best_of_samples).values()), k)
 
 
-def unique_topk_curve(rows: list[dict], k: int) -> np.ndarray:
+def unique_topk_curve(rows: list[dict], k: int, best_of_samples: bool = False) -> np.ndarray:
   """For n = 1..len(rows): :func:`unique_top_k_mean` of the first n rows (the paper's Fig. 6).
 
   n counts every architecture sampled, duplicates and failed children included; the mean is over
   the best ``min(k, u_n)`` of the u_n unique architectures that did not fail among them (NaN while
-  u_n = 0). O(len(rows) * k).
+  u_n = 0), each valued at the mean reward of its samples so far (or the best, with
+  ``best_of_samples``). O(len(rows) * u_n).
   """
   if int(k) < 1:
     raise ValueError(f"k must be >= 1, got {k}")
   k = int(k)
-  best: dict[str, float] = {}
-  top: dict[str, float] = {}  # the k best architectures so far; an architecture's value only rises
+  samples: dict[str, list[float]] = {}
+  values: dict[str, float] = {}
   out = np.full(len(rows), np.nan)
   for n, r in enumerate(rows):
     if not r["failed"]:
-      key, v = arch_key(r), float(r["reward"])
-      if key not in best or v > best[key]:
-        best[key] = v
-        if key in top or len(top) < k:
-          top[key] = v
-        else:
-          worst = min(top, key=top.get)
-          if v > top[worst]:
-            del top[worst]
-            top[key] = v
-    if top:
-      out[n] = math.fsum(top.values()) / len(top)
+      key = arch_key(r)
+      samples.setdefault(key, []).append(float(r["reward"]))
+      got = samples[key]
+      values[key] = max(got) if best_of_samples else math.fsum(got) / len(got)
+    if values:
+      top = heapq.nlargest(k, values.values())
+      out[n] = math.fsum(top) / len(top)
   return out
 
 
@@ -102,13 +118,16 @@ def wall_seconds(rows: list[dict], steps: list[dict] | None) -> tuple[float, str
   return float(math.fsum(r.get("seconds") or 0.0 for r in rows)), "children"
 
 
-def summarize(rows: list[dict], ks=(1, 5, 15), metric: base.Metric = base.ACCURACY) -> dict:
+def summarize(rows: list[dict], ks=(1, 5, 15), metric: base.Metric = base.ACCURACY,
+              best_of_samples: bool = False) -> dict:
   """Budget, failures, reward statistics of the first and last quarter, the top-k means of unique
   architectures, and the best value of ``metric`` (for a metric to minimise such as perplexity,
   also its top-5 mean over unique architectures).
 
   ``top{k}_mean_reward`` is :func:`unique_top_k_mean` (as the paper's Fig. 6 counts models: an
-  architecture sampled twice counts once, with its best reward; failed children left out);
+  architecture sampled twice counts once, valued at its mean reward, or with ``best_of_samples``
+  its best; failed children left out); ``best_{metric}`` is the value of the best unique
+  architecture (its mean over samples, or the best sample's);
   ``unique_architectures`` counts distinct ``tokens``. The quarter means are over every row
   (a failed child's reward, 0, included: that is what the searcher got).
 
@@ -128,25 +147,28 @@ def summarize(rows: list[dict], ks=(1, 5, 15), metric: base.Metric = base.ACCURA
          "unique_architectures": len({arch_key(r) for r in rows})}
   if ranked is not rows:
     out["ranked_by"] = "derive"
-  unique = sorted(unique_rewards(ranked).values(), reverse=True)
+  per_arch = unique_rewards(ranked, best_of_samples)
+  unique = sorted(per_arch.values(), reverse=True)
   for k in ks:
     out[f"top{k}_mean_reward"] = top_k_mean(unique, k)
-  best = best_row(ranked)
+  metric_of = lambda r: r.get(metric.name)
   if metric.higher_is_better:
-    if best and best.get(metric.name) is not None:
-      out[f"best_{metric.name}"] = best[metric.name]
+    best_key = max(per_arch, key=per_arch.get, default=None)
+    scores = _per_arch([r for r in ranked if arch_key(r) == best_key], metric_of,
+                       best_of_samples)
+    if best_key is not None and scores:
+      out[f"best_{metric.name}"] = scores[best_key]
   else:  # the paper compares the perplexities themselves
-    per_arch: dict[str, float] = {}
-    for r in ranked:
-      if not r["failed"] and r.get(metric.name) is not None:
-        key = arch_key(r)
-        per_arch[key] = min(per_arch.get(key, math.inf), r[metric.name])
-    values = sorted(per_arch.values())
+    lower = _per_arch(ranked, lambda r: None if metric_of(r) is None else -metric_of(r),
+                      best_of_samples)
+    values = sorted(-v for v in lower.values())
     if values:
       out[f"best_{metric.name}"] = values[0]
       out[f"top5_mean_{metric.name}"] = float(np.mean(values[:5]))
-  if best:
-    out["best_description"] = best["description"]
+    best_key = min(lower, key=lambda k: -lower[k], default=None)
+  first = next((r for r in ranked if not r["failed"] and arch_key(r) == best_key), None)
+  if first is not None:
+    out["best_description"] = first["description"]
   return out
 
 
@@ -304,10 +326,11 @@ def _group_notes(group: list[dict]) -> list[str]:
   return notes
 
 
-def compare_groups(loaded: Groups, ks=(1, 5, 15)) -> dict:
+def compare_groups(loaded: Groups, ks=(1, 5, 15), best_of_samples: bool = False) -> dict:
   """Summaries of several searchers, each run over several seeds, as JSON-friendly numbers.
 
-  Each workdir gets :func:`summarize` (top-k of unique architectures, failed children left out)
+  Each workdir gets :func:`summarize` (top-k of unique architectures, each valued at its mean
+  reward over its samples or, with ``best_of_samples``, its best; failed children left out)
   and :func:`wall_seconds`; each group the mean and :data:`INTERVAL` of every
   :func:`group_stat_keys` value over its seeds (:func:`t_interval`; one workdir: one run, no
   interval).
@@ -317,7 +340,8 @@ def compare_groups(loaded: Groups, ks=(1, 5, 15)) -> dict:
     ks: the top-k sizes.
 
   Returns:
-    ``{"metric": {"name", "higher_is_better"}, "budget", "interval", "ks", "groups": {name:
+    ``{"metric": {"name", "higher_is_better"}, "budget", "interval", "ks", "value" (how an
+    architecture sampled more than once is valued), "groups": {name:
     {"workdirs", "seeds" (from config.json), "searchers", "runs" (one summary per workdir),
     "interval" (or "one run"), "notes" (repeated seeds or workdirs, mixed searchers),
     "stats": {key: {"mean", "lo", "hi", "n", "values"}}}}}``.
@@ -325,11 +349,12 @@ def compare_groups(loaded: Groups, ks=(1, 5, 15)) -> dict:
   keys = group_stat_keys(loaded.metric, ks)
   out = {"metric": {"name": loaded.metric.name,
                     "higher_is_better": loaded.metric.higher_is_better},
-         "budget": loaded.budget, "interval": INTERVAL, "ks": list(ks), "groups": {}}
+         "budget": loaded.budget, "interval": INTERVAL, "ks": list(ks),
+         "value": VALUE_BEST_OF if best_of_samples else VALUE_FAIR, "groups": {}}
   for name, group in loaded.runs.items():
     runs = []
     for r in group:
-      s = summarize(r["rows"], ks, loaded.metric)
+      s = summarize(r["rows"], ks, loaded.metric, best_of_samples)
       s["wall_seconds"], s["wall_seconds_from"] = wall_seconds(r["rows"], r["steps"])
       best = best_row(ranking_rows(r["rows"]))
       s["best_reward"] = float(best["reward"]) if best else None

@@ -183,11 +183,13 @@ def _faint_until(rows: Sequence[dict], k: int) -> int:
 
 
 def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
-              path: str | None = None, *, title: str | None = None) -> Figure:
+              path: str | None = None, *, title: str | None = None,
+              best_of_samples: bool = False) -> Figure:
   """The mean reward of the top-k unique architectures among the first n vs n (paper, Fig. 6).
 
   The curves are :func:`nas_jax.tools.analysis.unique_topk_curve`: an architecture sampled twice
-  counts once (with its best reward), failed children are left out, n counts every architecture
+  counts once (valued at its mean reward over its samples; with ``best_of_samples`` its best),
+  failed children are left out, n counts every architecture
   sampled. One colour, marker and width per k (the first k widest, so that curves which coincide,
   top-1 equal to top-5, stay visible), one line style per run (a label with "random" in it is
   dashed, the others solid); the legends sit outside the axes and n is ticked at whole numbers.
@@ -215,7 +217,7 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
     rows = list(runs[label])
     n = np.arange(1, len(rows) + 1)
     for i, (k, st) in enumerate(zip(ks, kstyles)):
-      curves[label, k] = analysis.unique_topk_curve(rows, k)
+      curves[label, k] = analysis.unique_topk_curve(rows, k, best_of_samples)
       f = faint[label, k] = _faint_until(rows, k)
       ax.plot(n[:f + 1], curves[label, k][:f + 1], color=st["color"], ls=styles[label],
               lw=st["lw"] * 0.6, alpha=0.35, zorder=2 + i)
@@ -260,11 +262,12 @@ def plot_topk(runs: dict[str, Sequence[dict]], ks: Sequence[int] = (1, 5, 15),
 
 def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[int] = (1, 5, 15),
                      path: str | None = None, *, title: str | None = None,
-                     unit_interval: bool | None = None) -> Figure:
+                     unit_interval: bool | None = None, best_of_samples: bool = False) -> Figure:
   """Fig. 6 over seeds: top-k unique reward vs architectures sampled, mean and 95% t-interval.
 
   For each searcher (group) and k: :func:`nas_jax.tools.analysis.unique_topk_curve` of each seed's
-  history, their mean over seeds, and the pointwise t-interval of that mean shaded
+  history (each architecture valued at its mean reward over its samples; ``best_of_samples``: its
+  best), their mean over seeds, and the pointwise t-interval of that mean shaded
   (:func:`nas_jax.tools.analysis.t_band`; a group of one seed: one run, its line alone). One panel
   per k; one colour per searcher, with a line style per searcher as well (:func:`run_styles`:
   random search dashed), so that curves which coincide stay visible; the legend sits outside the
@@ -291,7 +294,8 @@ def plot_topk_groups(groups: dict[str, Sequence[Sequence[dict]]], ks: Sequence[i
     m = min(len(r) for r in seeds) if seeds else 0
     n = np.arange(1, m + 1)
     for ax, k in zip(axes, ks):
-      curves = np.stack([analysis.unique_topk_curve(r[:m], k) for r in seeds]) if m else (
+      curves = np.stack([analysis.unique_topk_curve(r[:m], k, best_of_samples)
+                         for r in seeds]) if m else (
           np.zeros((1, 0)))
       mean, lo, hi = analysis.t_band(curves)
       if len(seeds) > 1:

@@ -358,8 +358,8 @@ def _config_section(runs, spaces, labels) -> list[str]:
     md += ["", "Note: " + "; ".join(notes) + "."]
   md += ["", "## Summary", "",
          "`nas_jax.tools.analysis.summarize` of each history. `top{k}_mean_reward` is the mean "
-         "reward of the k best unique architectures (deduplicated by tokens, each with its best "
-         "reward; failed children left out), as the paper's Fig. 6 counts models:", ""]
+         "value of the k best unique architectures (deduplicated by tokens, as the paper's Fig. 6 "
+         f"counts models; {analysis.VALUE_FAIR}):", ""]
   sums = [analysis.summarize(r["rows"], **({"metric": s.metric} if s.metric else {}))
           for r, s in zip(runs, spaces)]
   keys = [k for k in sums[0] if k != "best_description"]
@@ -387,11 +387,12 @@ def _curves_section(runs, labels, out_dir) -> list[str]:
   if len(runs) > 1:
     plots.plot_topk({l: r["rows"] for l, r in zip(labels, runs)},
                     path=os.path.join(out_dir, "topk.png"),
-                    title="Top-k unique architectures: mean reward among the first n")
+                    title="Top-k unique architectures: mean value among the first n")
     md += ["", "## Top-k rewards vs architectures evaluated", "",
-           f"For k = 1, 5, 15: the mean reward of the k best unique architectures among the first "
+           f"For k = 1, 5, 15: the mean value of the k best unique architectures among the first "
            f"n sampled (as Fig. 6 of Zoph & Le, 2017: an architecture sampled twice counts once, "
-           f"failed children are left out); {plots.style_legend(labels)}. The lower "
+           f"valued at the mean reward of its samples; failed children are left out); "
+           f"{plots.style_legend(labels)}. The lower "
            f"panel is the difference {labels[0]} − {labels[1]}.", "", "![top-k](topk.png)"]
   return md
 

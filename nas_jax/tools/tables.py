@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from nas_jax.tools import analysis
 from nas_jax.tools.analysis import INTERVAL, Groups
 
 
@@ -61,9 +62,10 @@ def comparison_markdown(result: dict) -> str:
           "the steps' seconds in steps.jsonl, or the children's training seconds where a workdir "
           "has no steps.jsonl")
   ks = "/".join(str(k) for k in result["ks"])
-  lines += ["", f"{budget} architectures per run. top-{ks}: mean reward of the k best unique "
-            "architectures (deduplicated by tokens, each with its best reward; failed children "
-            "left out), as the paper's Fig. 6 counts models. ± is the half-width of the "
+  value = result.get("value", analysis.VALUE_FAIR)
+  lines += ["", f"{budget} architectures per run. top-{ks}: mean value of the k best unique "
+            f"architectures (deduplicated by tokens, as the paper's Fig. 6 counts models; {value}). "
+            "± is the half-width of the "
             f"{INTERVAL}; a group of one seed is one run, with no interval. Failed: share of the "
             f"children that failed or diverged. Wall time: {wall}."]
   shared = [name for name, g in result["groups"].items()
