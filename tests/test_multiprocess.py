@@ -86,10 +86,10 @@ def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
   port = _free_port()
   procs = [_start(tmp_path / f"p{i}", process_id=i, port=port, log=tmp_path / f"p{i}.log")
            for i in range(2)]
-  t0 = time.time()
+  # Both end (within wait's limit) although process 1's gather waits up to
+  # search.gather_timeout_s (a day by default): it was told, it did not time out.
   codes = [p.wait(timeout=300) for p in procs]
   assert codes == [2, 2]
-  assert time.time() - t0 < 120
   err1 = (tmp_path / "p1.log").read_text().strip().splitlines()[-1]
   assert err1.startswith("error: process 0 stopped: WorkdirMismatchError"), err1
 

@@ -58,8 +58,17 @@ def test_quick_digits_protocol_retrains_the_derived_best_and_resumes_without_rer
   # the retrained child is the derived best, trained from scratch with its own numbers
   assert searched["description"] == best["description"]
   assert searched["shared_score"] == best["val_accuracy"]
-  assert 0.0 <= searched["val"] <= 1.0 and 0.0 <= searched["test"] <= 1.0
-  assert searched["search_seconds"] > 0 and searched["retrain_seconds"] > 0
+  with open(os.path.join(root, "digits_random_s0", "retrain", "metrics.json")) as f:
+    child = json.load(f)["children"][0]
+  assert (searched["val"], searched["test"]) == (child["val_accuracy"], child["test_accuracy"])
+  assert child["description"] == best["description"]
+  for acc in (searched["val"], searched["test"]):   # a count of the 250 validation / test digits
+    assert 0.0 <= acc <= 1.0 and abs(acc * 250 - round(acc * 250)) < 1e-6
+  # each time is the wall time of its process, which holds the time its own files record
+  with open(os.path.join(root, "digits_random_s0", "steps.jsonl")) as f:
+    steps_seconds = sum(json.loads(line)["seconds"] for line in f)
+  assert searched["search_seconds"] >= steps_seconds > 0
+  assert searched["retrain_seconds"] >= child["seconds"] > 0
   assert ref["description"] == shared_seeds.QUICK_DIGITS_REFERENCE and ref["search_seconds"] is None
   with open(os.path.join(root, "shared_seeds_digits.json")) as f:
     assert json.load(f)["runs"] == recs
