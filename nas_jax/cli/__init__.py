@@ -9,9 +9,12 @@ Only the standard library is imported here: the supervisor of a multi-process se
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
+
+from nas_jax.configs import NAMES as CONFIG_NAMES
 
 COMMANDS = {"search": "search", "train-child": "train_child", "train-lm": "train_lm",
             "compare": "compare", "report": "report", "shared-seeds": "shared_seeds",
@@ -21,12 +24,13 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 def resolve_config_names(argv: list[str]) -> list[str]:
   """``argv`` with ``--config NAME[:ARG]`` (a packaged config's name, not a path) replaced by the
-  path of ``nas_jax/configs/NAME.py`` (``--config=...`` as well)."""
+  path of ``nas_jax/configs/NAME.py`` (``--config=...`` as well). A packaged name wins over a
+  local file or folder of that name; a path (with a ``/`` or ending in ``.py``) stays a path."""
 
   def resolve(value: str) -> str:
     name, sep, arg = value.partition(":")
     path = os.path.join(_CONFIGS, f"{name}.py")
-    if os.sep in name or name.endswith(".py") or not os.path.isfile(path) or os.path.exists(name):
+    if os.sep in name or name.endswith(".py") or not os.path.isfile(path):
       return value
     return path + sep + arg
 
@@ -39,6 +43,71 @@ def resolve_config_names(argv: list[str]) -> list[str]:
     else:
       out.append(a)
   return out
+
+
+def config_hint(value: str) -> str:
+  """What to say of a ``--config`` value that names no file: the nearest packaged name, and all."""
+  name = value.partition(":")[0]
+  near = difflib.get_close_matches(os.path.basename(name).removesuffix(".py"), CONFIG_NAMES, n=1)
+  return ((f"did you mean {near[0]}? " if near else "")
+          + f"packaged configs: {', '.join(CONFIG_NAMES)} (NAME or NAME:ARG), or a path to a .py file")
+
+
+CONFIG_HELP = ("Experiment config: a packaged config's name (NAME[:ARG], one of "
+               f"{', '.join(CONFIG_NAMES)}) or the path of a config file (FILE.py[:ARG]); "
+               "override fields with --config.FIELD=VALUE.")
+
+_HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
+
+
+def show_help(module_name: str, doc: str | None) -> None:
+  """``nas-jax COMMAND --help``: the command's docstring and its flags with their help, exit 0.
+
+  (absl's ``--help`` lists the flags of the main module only, which these commands are not.)
+  """
+  if not any(a in _HELP_FLAGS for a in sys.argv[1:]):
+    return
+  from absl import flags  # pylint: disable=import-outside-toplevel  (the supervisor stays small)
+  print((doc or "").strip() + "\n")
+  print(flags.FLAGS.module_help(module_name).replace(f"{module_name}:", "flags:", 1))
+  print("\n(--helpfull: every flag, absl's and JAX's included)")
+  sys.exit(0)
+
+
+def fail(message: str, code: int = 2) -> None:
+  """One line on stderr, ``error: ...``, and exit status ``code`` (2: bad input)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _last_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser with one-line errors and exit status 2: a bad flag, a ``--config`` that
+  names no file (with the nearest packaged name), a config file that fails to load, an override
+  that names no field."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  value = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if value is None and "--config" in argv[:-1]:
+    value = argv[argv.index("--config") + 1]
+  try:
+    argv = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+      flags.FLAGS["config"].value.keys()  # a config file that failed to load raises when used
+    return argv
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
+    msg = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").strip("'\"")
+    fail(f"a --config override names no config field: {msg}")
+  except OSError as e:  # no such config file
+    fail(f"flag --config: cannot load the config file: {_last_line(e)}; "
+         f"{config_hint(value or '')}")
+  except flags.Error as e:  # a bad value, or the config file raised (its traceback)
+    lines = str(e).strip().splitlines()
+    fail(f"{lines[0]} {_last_line(e)}" if len(lines) > 1 else str(e))
+  return argv
 
 
 def main(argv: list[str] | None = None) -> None:

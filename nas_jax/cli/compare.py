@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
+from nas_jax import cli
+
 from nas_jax.tools import analysis, tables  # pylint: disable=g-import-not-at-top
 
 _GROUP = flags.DEFINE_multi_string(
@@ -96,6 +98,7 @@ def main(argv):
 
 
 def run():
+  cli.show_help(__name__, __doc__)
   app.run(main)
 
 

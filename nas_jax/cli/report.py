@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
+from nas_jax import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Search workdir (history.jsonl, steps.jsonl, "
                                "config.json) to report on.")
 _RANDOM = flags.DEFINE_string("random_workdir", None, "Optional second search to compare with "
@@ -71,6 +73,7 @@ def _parse_flags(argv):
 
 
 def run():
+  cli.show_help(__name__, __doc__)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -18,8 +18,7 @@ from ml_collections import config_flags
 from nas_jax import cli, runtime
 from nas_jax.core import supervisor  # the standard library only, as nas_jax and nas_jax.core
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (history, checkpoints).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache_dir", runtime.COMPILATION_CACHE_DIR,
@@ -80,33 +79,13 @@ def main(argv):
                  best["param_count"], best["description"])
 
 
-def _parse_flags(argv):
-  """absl's parser, with one-line errors for bad --config files and overrides."""
-  try:
-    argv = flags.FLAGS(argv)
-    _CONFIG.value.keys()  # a config file that failed to load raises only when first used
-    return argv
-  except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
-    msg = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").strip("'\"").lstrip("'")
-    sys.exit(f"error: a --config override names no config field: {msg}")
-  except OSError as e:  # e.g. no such config file
-    sys.exit(f"error: flag --config: cannot load the config file: {_last_line(e)}")
-  except flags.Error as e:  # e.g. a bad value, or the config file raised (its traceback)
-    lines = str(e).strip().splitlines()
-    sys.exit(f"error: {lines[0]} {_last_line(e)}" if len(lines) > 1 else f"error: {e}")
-
-
-def _last_line(e: BaseException) -> str:
-  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  return lines[-1] if lines else type(e).__name__
-
-
 def run():
   """The command line: ``nas-jax search ...`` or ``python experiments/search.py ...``."""
+  cli.show_help(__name__, __doc__)
   if "--nosupervise" not in sys.argv and supervisor.wanted(sys.argv):
     sys.exit(supervisor.supervise([sys.executable, *sys.orig_argv[1:], "--nosupervise"]))
   sys.argv = cli.resolve_config_names(sys.argv)
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import sys
 
 from absl import app, flags
 
+from nas_jax import cli
+
 from nas_jax.tools import analysis, tables
 
 SPACES = {
@@ -201,4 +203,5 @@ def main(argv):
 
 
 def run():
+  cli.show_help(__name__, __doc__)
   app.run(main)

@@ -34,6 +34,8 @@ import time
 
 from absl import app, flags
 
+from nas_jax import cli
+
 from nas_jax.tools import analysis
 
 DIGITS_REFERENCE = "0:7x7x32<img 1:7x7x24<0 2:7x7x16<0,1 3:7x3x24<0,1,2"
@@ -231,4 +233,5 @@ def main(argv):
 
 
 def run():
+  cli.show_help(__name__, __doc__)
   app.run(main)

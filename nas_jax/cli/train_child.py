@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from nas_jax import cli, runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Final-training config file.",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Final-training config: " + cli.CONFIG_HELP,
                                           lock_config=True)
 _SEARCH = flags.DEFINE_string("search_workdir", None,
                               "A CNN search's workdir: its best architectures are retrained.")
@@ -71,8 +71,9 @@ def main(argv):
 
 
 def run():
+  cli.show_help(__name__, __doc__)
   sys.argv = cli.resolve_config_names(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

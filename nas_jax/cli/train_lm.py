@@ -16,7 +16,8 @@ from ml_collections import config_flags
 
 from nas_jax import cli, runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "LM config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "LM config: " + cli.CONFIG_HELP,
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache_dir", runtime.COMPILATION_CACHE_DIR,
@@ -60,8 +61,9 @@ def main(argv):
 
 
 def run():
+  cli.show_help(__name__, __doc__)
   sys.argv = cli.resolve_config_names(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":
