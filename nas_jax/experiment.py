@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterable
 
-from nas_jax import config as config_lib
+import jax
+
+from nas_jax import config as config_lib, runtime
 from nas_jax.core import retrain as retrain_lib, search, searchers, shared_search
 from nas_jax.core.loop import SearchResult  # noqa: F401  (the result type of run_search)
 from nas_jax.errors import ConfigError
@@ -116,6 +118,7 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
   config = config_lib.parse(cfg, space)   # checks the space searched against the config
   config, searcher = _searcher(config, searcher)
   space = config.search_space
+  _header(config, workdir, progress)
   if config.shared.enabled:
     if evaluate_fn is not None or evaluate_batch_fn is not None:
       raise ValueError("evaluate_fn/evaluate_batch_fn replace the children's training; a "
@@ -133,6 +136,21 @@ def run_search(cfg, workdir: str, *, space: base.SearchSpace | None = None, data
     evaluator = evaluate_batch_fn or evaluator_of(config)
   return search.run(config, workdir, space=space, searcher=searcher, evaluator=evaluator,
                     dataset=dataset, progress=progress)
+
+
+def _header(config: config_lib.Config, workdir: str, show: bool) -> None:
+  """The first line of a search: what runs where, before anything is trained."""
+  sh, m = config.shared, config.search.children_per_step
+  budget = (f"weight sharing, {sh.epochs} epochs x {sh.controller_steps} controller steps x {m} "
+            f"architectures, then {sh.derive_samples} derived" if sh.enabled else
+            f"{config.search.num_steps} steps x {m} children")
+  devices = jax.local_devices()
+  runtime.log_progress(
+      show, "search | space %s | searcher %s | %s | seed %d | workdir %s | %d x %s device(s)%s",
+      type(config.search_space).__name__, config.flat.get("search.searcher"), budget, config.seed,
+      workdir, len(devices), devices[0].platform,
+      f" | process {jax.process_index()} of {jax.process_count()}" if jax.process_count() > 1
+      else "")
 
 
 def _searcher(config: config_lib.Config, searcher):

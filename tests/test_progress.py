@@ -34,9 +34,14 @@ def test_without_logging_one_line_per_step_on_stderr_and_none_when_off(tmp_path,
   monkeypatch.setattr(logging.getLogger("absl"), "level", logging.WARNING)  # as in a fresh process
   assert not runtime.progress_is_logged()
   _search(tmp_path / "on")
-  lines = _progress_lines(capsys.readouterr().err)
+  err = capsys.readouterr().err
+  lines = _progress_lines(err)
   assert [l.split(" | ")[0] for l in lines] == [f"step {s} ({s + 1} of {STEPS})"
                                                for s in range(STEPS)]
+  # before step 0 trains: a header that says what runs where
+  header = err.splitlines()[0]
+  assert header.startswith("search | space MLPSpace | searcher reinforce | 3 steps x 4 children")
+  assert f"workdir {tmp_path / 'on'}" in header and "device(s)" in header
   _search(tmp_path / "off", progress=False)
   assert _progress_lines(capsys.readouterr().err) == []
 
