@@ -166,6 +166,11 @@ class SearchSpace:
     ``nn.Dense`` or ``nn.BatchNorm`` may set the class attribute ``default_initializers = True``
     (as ``CNNChild`` does): the ``exact`` executor then draws them on the host
     (``nas_jax.training.child.host_init``) instead of compiling an init program per architecture.
+
+    Stochastic layers: in training the module is applied with a fresh key per step for the PRNG
+    stream ``"dropout"`` (``nn.Dropout(rate, deterministic=not train)`` works as it is) and for
+    every stream its class attribute ``rng_collections`` names (e.g. ``("noise",)``); evaluation
+    is deterministic (``train=False``, no streams).
     """
     raise NotImplementedError
 

@@ -59,6 +59,17 @@ class TrainConfig:
 
 MAX_COMPILED = 16  # architectures kept compiled in memory (see _programs)
 
+RNG_COLLECTIONS = ("dropout",)
+"""The PRNG streams a child gets in training (``nn.Dropout`` draws from ``"dropout"``); a model
+that draws from others names them in its ``rng_collections`` attribute (e.g. ``("noise",)``)."""
+
+
+def rng_streams(model, rng: jax.Array) -> dict[str, jax.Array]:
+  """``{name: key}`` for every stream the model may draw from in a training step, from ``rng``."""
+  names = RNG_COLLECTIONS + tuple(n for n in getattr(model, "rng_collections", ())
+                                  if n not in RNG_COLLECTIONS)
+  return {name: jax.random.fold_in(rng, i) for i, name in enumerate(names)}
+
 
 @functools.lru_cache(maxsize=MAX_COMPILED)
 def _programs(model, cfg: TrainConfig, augment: bool,
@@ -80,12 +91,13 @@ def _programs(model, cfg: TrainConfig, augment: bool,
     variables = model.init(key, x, train=False)
     return variables["params"], variables.get("batch_stats", {})
 
-  def apply(params, batch_stats, arch, x, train):
+  def apply(params, batch_stats, arch, x, train, rng):
     del arch  # the model is built for its architecture
     variables = {"params": params, "batch_stats": batch_stats}
     if not train:
       return model.apply(variables, x), batch_stats
-    logits, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                   rngs=rng_streams(model, rng))
     return logits, new_vars.get("batch_stats", {})
 
   progs = trainer.classifier_programs(init, apply, cfg, augment, steps_per_epoch=steps_per_epoch)

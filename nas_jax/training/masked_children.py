@@ -31,7 +31,8 @@ def programs(net: MaskedCNN, cfg: child.TrainConfig, augment: bool,
   each runs its m / len(devices) children (:func:`nas_jax.training.trainer.children_map`).
   """
 
-  def apply(params, batch_stats, marc, x, train):
+  def apply(params, batch_stats, marc, x, train, rng):
+    del rng  # the masked network has no stochastic layer
     return net.apply(params, batch_stats, marc, x, train=train)
 
   return trainer.classifier_programs(net.init, apply, cfg, augment, children=True,

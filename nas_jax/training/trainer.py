@@ -163,9 +163,11 @@ def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augme
 
   Args:
     init: ``(key, init_input) -> (params, batch_stats)``.
-    apply: ``(params, batch_stats, arch, x_BxHxWxC, train) -> (logits_BxK, batch_stats)``, the
-      batch statistics updated when ``train``; ``arch`` is the child's architecture as arrays
-      (None for a model built for one architecture).
+    apply: ``(params, batch_stats, arch, x_BxHxWxC, train, rng) -> (logits_BxK, batch_stats)``,
+      the batch statistics updated when ``train``; ``arch`` is the child's architecture as arrays
+      (None for a model built for one architecture); ``rng``: in training a key of its own per
+      step (``fold_in(fold_in(key, step), 1)``; augmentation has ``fold_in(key, step)``) for the
+      model's stochastic layers (dropout, ...), None in evaluation.
     cfg: training hyperparameters (optimiser, ``fast_compile``).
     augment: apply ``data.augment_batch`` to every training batch.
     children: vmap every program over a leading children axis (``init_input``, ``arch``, keys,
@@ -189,8 +191,10 @@ def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augme
     if augment:
       x = data_lib.augment_batch(jax.random.fold_in(key, step), x)
 
+    rng = jax.random.fold_in(jax.random.fold_in(key, step), 1)
+
     def loss_fn(p):
-      logits, new_stats = apply(p, batch_stats, arch, x, True)
+      logits, new_stats = apply(p, batch_stats, arch, x, True, rng)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -198,7 +202,7 @@ def classifier_programs(init: Callable, apply: Callable, cfg: TrainConfig, augme
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   def eval_step(params, batch_stats, arch, images, labels, idx_B, valid_B):
-    logits, _ = apply(params, batch_stats, arch, images[idx_B], False)
+    logits, _ = apply(params, batch_stats, arch, images[idx_B], False, None)
     return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B)
 
   if children:
