@@ -30,8 +30,8 @@ def _init(key, mask_D):
           "b": jnp.zeros((2,))}, {}
 
 
-def _apply(params, batch_stats, mask_D, x, train):
-  del train
+def _apply(params, batch_stats, mask_D, x, train, rng):
+  del train, rng
   return (x.reshape(x.shape[0], -1) * mask_D) @ params["w"] + params["b"], batch_stats
 
 
