@@ -260,7 +260,9 @@ def test_report_of_a_user_space_searched_under_a_cnn_config(tmp_path):
   workdir = tmp_path / "mlp"
   experiment.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
                     evaluate_fn=FakeEvaluator())
-  assert report.run_space(report.load_run(str(workdir))["config"]).space == MLPSpace()
+  config = report.load_run(str(workdir))["config"]
+  assert report.run_space(config, spaces=[MLPSpace]).space == MLPSpace()
+  assert report.run_space(config).space is None   # a class of one's own is passed, never imported
   text = open(report.write_report(str(workdir))).read()
   assert "No diagram" in text and "best.png" not in text
 
@@ -410,7 +412,8 @@ class WidthSpace(base.SearchSpace):
 
 
 def test_report_of_a_user_space_with_a_diagram(tmp_path, monkeypatch):
-  # a user's space, named by module and class in config.json, is drawn with no edit in nas_jax
+  # a user's space, passed to the report and named by module and class in config.json, is drawn
+  # with no edit in nas_jax
   (tmp_path / "user_space_for_report.py").write_text(_USER_SPACE)
   monkeypatch.syspath_prepend(str(tmp_path))
   rows = [{"step": 0, "index": i, "num_layers": 2, "tokens": [0, i], "arch": {"widths": [4, w]},
@@ -421,17 +424,19 @@ def test_report_of_a_user_space_with_a_diagram(tmp_path, monkeypatch):
                               "search_space.module": "user_space_for_report",
                               "search_space.class": "WidthSpace", "metric.name": "val_loss",
                               "metric.higher_is_better": False, "search.searcher": "random"})
-  rs = report.run_space(report.load_run(path)["config"])
+  import user_space_for_report  # pylint: disable=import-outside-toplevel  (the user's own)
+  own = [user_space_for_report.WidthSpace]
+  rs = report.run_space(report.load_run(path)["config"], own)
   assert rs.space.widths == (4, 8) and rs.metric == base.Metric("val_loss", False)
-  text = open(report.write_report(path)).read()
+  text = open(report.write_report(path, spaces=own)).read()
   _check_png(os.path.join(path, "best.png"))
   assert "| val loss |" in text and _top_rows(text)[0].startswith("| 1 | 0.2 |")
-  # a module that cannot be imported: reported without a diagram, saying why
+  # config.json naming another module: that is not the class given, and nothing is imported
   cfg = json.load(open(os.path.join(path, "config.json")))
   json.dump({**cfg, "search_space.module": "no_such_module_xyz"},
             open(os.path.join(path, "config.json"), "w"))
-  text = open(report.write_report(path)).read()
-  assert "No diagram: cannot import no_such_module_xyz.WidthSpace" in text
+  text = open(report.write_report(path, spaces=own)).read()
+  assert "No diagram: no_such_module_xyz.WidthSpace is not a packaged space" in text
 
 
 def _retrain_metrics(source):
@@ -470,3 +475,32 @@ def test_report_shows_retrained_children(cnn_workdirs, tmp_path):
     f.write('{"children": 3}')
   text = open(report.write_report(main)).read()
   assert "retrain/metrics.json could not be read" in text
+
+
+def test_a_module_that_a_workdir_names_is_never_imported(tmp_path):
+  # config.json names a module planted beside the workdir; reporting (and compare, and the
+  # retrain's space lookup) from inside that folder must not run it.
+  from test_search import _NO_DATA, FakeEvaluator, fake_config  # pylint: disable=import-outside-toplevel
+  from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
+  from nas_jax import experiment  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "w"
+  experiment.run_search(fake_config(steps=1), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+                        evaluate_fn=FakeEvaluator(), progress=False)
+  cfg = json.load(open(workdir / "config.json"))
+  cfg["search_space.module"] = "planted"
+  json.dump(cfg, open(workdir / "config.json", "w"))
+  marker = tmp_path / "ran"
+  (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                       "class MLPSpace: pass\n")
+  for cmd in (["report", f"--workdir={workdir}"], ["compare", f"--workdirs={workdir}"]):
+    out = subprocess.run([sys.executable, "-m", "nas_jax", *cmd], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not marker.exists(), cmd
+  assert "planted.MLPSpace is not a packaged space" in open(workdir / "report.md").read()
+  # named on the command line, the user's module is imported: that is the user's choice
+  out = subprocess.run([sys.executable, "-m", "nas_jax", "report", f"--workdir={workdir}",
+                        "--space_module=planted"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+  assert out.returncode == 0 and marker.exists(), out.stderr[-2000:]

@@ -28,6 +28,9 @@ _RANDOM = flags.DEFINE_string("random_workdir", None, "Optional second search to
                               "(e.g. random search at the same budget): top-k plot, second column.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for report.md and the PNGs (created if "
                            "needed); default: --workdir.")
+_SPACE_MODULE = flags.DEFINE_string(
+    "space_module", None, "A module of your own (importable, e.g. my_project.spaces) whose search "
+    "space classes the workdir names; nothing is imported because config.json names it.")
 
 
 def _fail(msg: str):
@@ -60,8 +63,24 @@ def main(argv):
     if path and not analysis.load_history(path):
       _fail(f"--{flag}: {os.path.join(path, 'history.jsonl')} has no rows; let the search "
             "evaluate at least one architecture")
-  path = report.write_report(_WORKDIR.value, _RANDOM.value or None, out)
+  path = report.write_report(_WORKDIR.value, _RANDOM.value or None, out, _own_spaces())
   print(path)
+
+
+def _own_spaces() -> list[type]:
+  """The search space classes of ``--space_module`` (imported because the user named it)."""
+  if not _SPACE_MODULE.value:
+    return []
+  import importlib  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
+  from nas_jax.spaces import base  # pylint: disable=import-outside-toplevel
+  try:
+    module = importlib.import_module(_SPACE_MODULE.value)
+  except ImportError as e:
+    _fail(f"--space_module {_SPACE_MODULE.value}: cannot import it ({e}); give an importable "
+          "module (on PYTHONPATH)")
+  return [c for _, c in inspect.getmembers(module, inspect.isclass)
+          if issubclass(c, base.SearchSpace) and c is not base.SearchSpace]
 
 
 def _parse_flags(argv):

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import os
 from typing import Any, NamedTuple, Sequence
 
-from nas_jax.spaces import base
+from nas_jax.spaces import SPACES, base
 from nas_jax.training import shared as shared_lib
 
 
@@ -212,9 +211,9 @@ def _tuples(v):
   return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
-def _build_space(config: dict) -> tuple[base.SearchSpace | None, str]:
-  """The space of ``config`` (class by module and name, fields from ``search_space.*``) and "",
-  or None and why not."""
+def _build_space(config: dict, spaces: Sequence[type] = ()) -> tuple[base.SearchSpace | None, str]:
+  """The space of ``config`` (class by module and name among the packaged spaces and ``spaces``,
+  fields from ``search_space.*``) and "", or None and why not."""
   module, class_name = config.get("search_space.module"), config.get("search_space.class")
   if not module or not class_name:
     missing = " and ".join(k for k, v in (("search_space.module", module),
@@ -222,10 +221,12 @@ def _build_space(config: dict) -> tuple[base.SearchSpace | None, str]:
     return None, (f"config.json records no {missing} (a workdir of an older version), and its "
                   f"search_space.name {config.get('search_space.name')!r} is not a built-in space "
                   "searched with its own class")
-  try:
-    cls = getattr(importlib.import_module(module), class_name)
-  except Exception as e:  # pylint: disable=broad-except  # a user's module may fail any way
-    return None, f"cannot import {module}.{class_name} ({type(e).__name__}: {e})"
+  cls = {(c.__module__, c.__name__): c for c in (*SPACES.values(), *spaces)}.get(
+      (module, class_name))
+  if cls is None:  # no code is imported because a workdir names it
+    return None, (f"{module}.{class_name} is not a packaged space, and nas_jax imports no code "
+                  f"that a workdir names; pass the class (nas-jax report --space_module {module}, "
+                  f"or run_space(config, spaces=[{class_name}]))")
   if not (isinstance(cls, type) and issubclass(cls, base.SearchSpace)):
     return None, f"{module}.{class_name} is not a nas_jax.spaces.base.SearchSpace"
   names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
@@ -238,17 +239,18 @@ def _build_space(config: dict) -> tuple[base.SearchSpace | None, str]:
     return None, f"cannot build {class_name} from config.json's search_space fields ({e})"
 
 
-def run_space(config: dict) -> RunSpace:
+def run_space(config: dict, spaces: Sequence[type] = ()) -> RunSpace:
   """The space and metric a workdir's flat ``config.json`` records (see :class:`RunSpace`).
 
-  Reads ``search_space.module``, ``search_space.class`` (the class is imported by these names),
+  Reads ``search_space.module``, ``search_space.class`` (the class, found by these names among
+  the packaged spaces and ``spaces``: nothing is imported because the file names it),
   the other ``search_space.*`` keys (the class's fields; JSON lists become tuples; ``name``,
   ``class`` and ``module`` are skipped unless they are fields), ``metric.name`` and
   ``metric.higher_is_better`` (both, or no metric). A config without the module and metric keys
   (an older version's) gets them from :func:`legacy_config_keys`.
   """
   config = {**config, **legacy_config_keys(config)}
-  space, why = _build_space(config)
+  space, why = _build_space(config, spaces)
   name, higher = config.get("metric.name"), config.get("metric.higher_is_better")
   metric = base.Metric(name, bool(higher)) if name and higher is not None else None
   return RunSpace(space, config.get("search_space.module"), config.get("search_space.class"),

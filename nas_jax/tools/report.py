@@ -305,7 +305,7 @@ def _comparison_notes(runs: list[dict], spaces: list[RunSpace]) -> list[str]:
 
 
 def write_report(workdir: str, random_workdir: str | None = None,
-                 out_dir: str | None = None) -> str:
+                 out_dir: str | None = None, spaces: Sequence[type] = ()) -> str:
   """Writes ``report.md`` and its PNGs (``REPORT_FILES``) into ``out_dir`` (default ``workdir``).
 
   The space and the children's metric come from each workdir's ``config.json``
@@ -317,6 +317,7 @@ def write_report(workdir: str, random_workdir: str | None = None,
     random_workdir: optionally a second search (e.g. random search at the same budget): a second
       column in the summary and ``topk.png``.
     out_dir: where the files go (created if needed); only the report's own files are written.
+    spaces: space classes of one's own (not packaged) that the workdirs may name.
 
   Returns:
     The path of ``report.md``.
@@ -333,7 +334,7 @@ def write_report(workdir: str, random_workdir: str | None = None,
       raise ValueError(f"{os.path.join(r['workdir'], 'history.jsonl')} has no rows")
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
-  spaces = [run_space(r["config"]) for r in runs]
+  spaces = [run_space(r["config"], spaces) for r in runs]
   labels = _labels(runs)
   md = [f"# Architecture search report: `{os.path.basename(os.path.normpath(workdir))}`", ""]
   md += _config_section(runs, spaces, labels)
