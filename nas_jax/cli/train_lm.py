@@ -4,11 +4,11 @@
 
 ``--config.cell`` is ``lstm``, ``nascell``, or the path of a cell search's ``summary.json``
 (its best cell is retrained, like the paper's final training of a found cell). Writes
-``metrics.json`` (per-epoch perplexities, tokens/s, test perplexity) in the workdir.
+``metrics.json`` (per-epoch perplexities, tokens/s, test perplexity) in the workdir, a
+checkpoint after every epoch: rerunning the same command after a kill (or Ctrl-C, exit 130)
+continues and ends with the numbers of an uninterrupted run (``nas_jax/core/lm_run.py``).
 """
 
-import json
-import os
 import sys
 
 from absl import app, flags, logging
@@ -34,30 +34,23 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _TUNE_MALLOC.value:
     runtime.tune_malloc()
+  runtime.show_search_progress(set_verbosity=False)  # none of orbax's INFO lines
   runtime.enable_compilation_cache(_CACHE.value)
-  import jax  # pylint: disable=g-import-not-at-top
-  from nas_jax.training import lm, lm_cells, ptb  # pylint: disable=g-import-not-at-top
-  cfg = _CONFIG.value
+  from nas_jax import errors  # pylint: disable=g-import-not-at-top
+  from nas_jax.core import lm_run  # pylint: disable=g-import-not-at-top
   try:
-    lm_cfg = lm.LMConfig(**cfg.lm.to_dict())
-    cell, ops, cell_desc = lm_cells.from_name(cfg.cell, cfg.lm.init_scale)
-    corpus = ptb.load_ptb(cfg.data.level, cfg.data.data_dir or None)
-  except (ValueError, TypeError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  logging.info("cell %s | %s | vocab %d | train tokens %d", cfg.cell, cell_desc, len(corpus.vocab),
-               len(corpus.train))
-  result = lm.train(corpus, cell, lm_cfg, jax.random.key(cfg.seed), ops=ops, log_fn=logging.info)
-  n_params = sum(p.size for p in jax.tree.leaves(result.params))
-  metrics = {"cell": cfg.cell, "cell_description": cell_desc, "params": int(n_params),
-             "epochs": result.history, "best_valid_ppl": result.valid_ppl,
-             "test_ppl": result.test_ppl, "config": cfg.to_dict(),
-             "train_seconds": sum(h["seconds"] for h in result.history),
-             "tokens_per_sec": sum(h["tokens_per_sec"] for h in result.history) / len(result.history)}
-  with open(os.path.join(_WORKDIR.value, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=1)
+    metrics = lm_run.run(_CONFIG.value, _WORKDIR.value, log_fn=logging.info)
+  except KeyboardInterrupt:
+    print("interrupted; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
+  except (errors.WorkdirError, errors.DataUnavailableError, ValueError, TypeError,
+          FileNotFoundError) as e:
+    cli.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except OSError as e:  # outside the workdir (the data, the compilation cache, ...)
+    cli.fail(f"{e.filename or ''}: {e.strerror or e}")
   logging.info("valid ppl (best) %.2f | test ppl %.2f | params %d | %.0f tokens/s",
-               result.valid_ppl, result.test_ppl, n_params, metrics["tokens_per_sec"])
+               metrics["best_valid_ppl"], metrics["test_ppl"], metrics["params"],
+               metrics["tokens_per_sec"])
 
 
 def run():

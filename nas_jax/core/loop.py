@@ -52,6 +52,9 @@ class Interrupt:
   Ctrl-C stops it at once. (A KeyboardInterrupt raised at an arbitrary point can land in a
   garbage-collection callback, where Python ignores it.)"""
 
+  def __init__(self, until: str = "the child in training is recorded"):
+    self.until = until
+
   def __enter__(self):
     self.requested, self._previous = False, None
     if threading.current_thread() is threading.main_thread():
@@ -63,8 +66,7 @@ class Interrupt:
     if self.requested:
       raise KeyboardInterrupt
     self.requested = True
-    logging.warning("interrupted: stopping once the child in training is recorded (Ctrl-C again "
-                    "to stop at once)")
+    logging.warning("interrupted: stopping once %s (Ctrl-C again to stop at once)", self.until)
 
   def check(self) -> None:
     if self.requested:

@@ -339,23 +339,44 @@ class LMResult(NamedTuple):
   test_ppl: float | None
 
 
+class Progress(NamedTuple):
+  """Where an LM's training stands after an epoch: what a checkpoint holds to resume it exactly."""
+  epoch: int       # epochs done
+  state: Any       # the train state (:func:`init_train_state`'s structure)
+  step: int        # training steps taken (the dropout key of step k is fold_in(drop_key, k))
+  history: list    # per epoch done: dict(epoch, lr, train_ppl, valid_ppl, tokens_per_sec, seconds)
+
+
+def initial_progress(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array) -> Progress:
+  """Epoch 0: the initial train state of :func:`train` with ``key``."""
+  init_key, _ = jax.random.split(key)
+  return Progress(0, init_train_state(init_params(init_key, len(corpus.vocab), cell, cfg), cfg),
+                  0, [])
+
+
 def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=None,
-          evaluate_test: bool = True, log_fn: Callable[[str], None] | None = None) -> LMResult:
+          evaluate_test: bool = True, log_fn: Callable[[str], None] | None = None,
+          start: Progress | None = None,
+          on_epoch: Callable[[Progress], None] | None = None) -> LMResult:
   """Trains an LM on ``corpus.train`` and reports validation (and test) perplexity per epoch.
+
+  ``start``: go on from this point (a checkpoint of the same call); ``on_epoch(progress)`` is
+  called after each epoch (to checkpoint it). A run stopped after any epoch and resumed from its
+  progress ends with the numbers of an uninterrupted one.
 
   Returns:
     LMResult; ``valid_ppl`` is the best validation perplexity over the epochs, ``test_ppl`` is the
     test perplexity of the final parameters (Zaremba et al. report the final model).
   """
   ops = jnp.zeros((0,), jnp.int32) if ops is None else jnp.asarray(ops)
-  init_key, drop_key = jax.random.split(key)
-  state = init_train_state(init_params(init_key, len(corpus.vocab), cell, cfg), cfg)
+  _, drop_key = jax.random.split(key)
+  done, state, step, history = start or initial_progress(corpus, cell, cfg, key)
+  history = list(history)
+  params = state_params(state, cfg)
   train_step, _ = _jitted(cell, cfg)
   train_ids = corpus.train[:cfg.max_train_tokens + 1] if cfg.max_train_tokens else corpus.train
   stream = ptb.batchify(train_ids, cfg.batch_size)
-  history = []
-  step = 0
-  for epoch in range(1, cfg.epochs + 1):
+  for epoch in range(done + 1, cfg.epochs + 1):
     lr = optim.lm_learning_rate(cfg, epoch)
     t0 = time.time()
     state, nlls, step = trainer.lm_epoch(train_step, state, ops,
@@ -374,6 +395,8 @@ def train(corpus: ptb.Corpus, cell: Cell, cfg: LMConfig, key: jax.Array, *, ops=
     if log_fn:
       log_fn(f"epoch {epoch}/{cfg.epochs} lr {lr:.4g} train ppl {train_ppl:.2f} "
              f"valid ppl {valid_ppl:.2f} | {count / seconds:.0f} tokens/s | {seconds:.0f}s")
+    if on_epoch:
+      on_epoch(Progress(epoch, state, step, list(history)))
   test_ppl = (perplexity(params, ops, corpus.test, cell, cfg, cfg.test_batch_size)
               if evaluate_test else None)
   return LMResult(params, history, min(h["valid_ppl"] for h in history), test_ppl)
