@@ -94,6 +94,25 @@ _ENUMS = {"child.executor": ("exact", "vmap"), "child.lr_schedule": optim.CHILD_
           "lm_child.optimizer": ("sgd",)}   # cell children train with SGD only (cell_children.py)
 
 
+_MAXIMUM = {  # field -> (largest value, why)
+    "search.children_per_step": (4096, "a step's children, their tokens and results are held "
+                                       "in memory together"),
+    "search_space.start_layers": (256, "each layer is a compiled convolution (or cell node)"),
+    "search_space.max_layers": (256, "each layer is a compiled convolution (or cell node)"),
+    "search_space.convs_per_layer": (16, "each predicted layer is that many convolutions"),
+    "controller.hidden_size": (4096, "the controller's LSTM weights grow with its square"),
+    "controller.num_lstm_layers": (16, "every controller step runs each layer"),
+}
+
+
+def _check_maxima(values: dict[str, Any]) -> None:
+  """Upper bounds that keep a typo from filling the memory (before anything is written)."""
+  for name, (most, why) in _MAXIMUM.items():
+    v = values.get(name)
+    if isinstance(v, int) and v > most:
+      raise ConfigError(f"config.{name}: at most {most} ({why}), got {v}")
+
+
 def flatten(cfg, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in cfg.items():
@@ -300,6 +319,9 @@ def parse(cfg: ml_collections.ConfigDict, space=None) -> Config:
       raise ConfigError(f"config.{name}: missing; start the config from "
                         "nas_jax.config.default_config()")
     _check_type(name, values[name], default)
+  if not 0 <= values["seed"] < 2**63:
+    raise ConfigError(f"config.seed: must be in [0, 2**63), got {values['seed']}")
+  _check_maxima(values)
   _check_ranges({k: v for k, v in values.items() if k.startswith("search_space.")})
   if space_name == USER_SPACE and space is None:
     raise ConfigError("config.search_space.name: this config has no search space; pass yours "

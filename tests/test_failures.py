@@ -18,7 +18,7 @@ import pytest
 
 from nas_jax.tools import analysis
 from nas_jax.training import data, trainer
-from nas_jax import experiment
+from nas_jax import errors, experiment
 from nas_jax.core import distributed
 from nas_jax import config as config_lib
 
@@ -363,3 +363,41 @@ def test_children_trained_together_that_raise_are_recorded_as_failed(monkeypatch
   assert len(results) == 2
   assert all(r.failed and r.reward == 0.0 and r.error.startswith("MemoryError: RESOURCE_EXHAUSTED")
              for r in results)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("search.children_per_step", 1_000_000, "config.search.children_per_step: at most 4096"),
+    ("search_space.start_layers", 10_000, "config.search_space.start_layers: at most 256"),
+    ("search_space.convs_per_layer", 1000, "config.search_space.convs_per_layer: at most 16"),
+    ("controller.hidden_size", 100_000, "config.controller.hidden_size: at most 4096"),
+    ("seed", 2**70, "config.seed: must be in [0, 2**63)")])
+def test_sizes_beyond_their_bound_are_refused_naming_the_reason(field, value, message):
+  cfg = load_config("cnn_digits")
+  section, _, key = field.rpartition(".")
+  (cfg[section] if section else cfg)[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+                     .replace(")", r"\)").replace("*", r"\*")):
+    config_lib.parse(cfg)
+
+
+@pytest.mark.parametrize("arch, message", [
+    ('{"layers": []}', "no layers"), ("[" * 50_000 + "]" * 50_000, "nested too deep"),
+    (" ".join(f"{i}:3x3x8<img" for i in range(300)), "300 layers; at most 256")])
+def test_an_arch_that_cannot_be_trained_is_refused_in_one_line(arch, message):
+  from nas_jax.spaces import cnn  # pylint: disable=import-outside-toplevel
+  with pytest.raises(errors.InputError, match=message):
+    cnn.parse_arch(arch, cnn.CNNSpace())
+
+
+def test_a_checkpoints_path_that_is_a_file_is_refused_touching_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  experiment.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+                        evaluate_fn=FakeEvaluator(), progress=False)
+  shutil.rmtree(workdir / "checkpoints")
+  (workdir / "checkpoints").write_text("not a folder")
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  cfg = fake_config(steps=3)
+  with pytest.raises(errors.WorkdirError, match="checkpoints is a file"):
+    experiment.run_search(cfg, str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+                          evaluate_fn=FakeEvaluator(), progress=False)
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before

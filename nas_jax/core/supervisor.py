@@ -123,6 +123,11 @@ def supervise(cmd: list[str]) -> int:
           file=sys.stderr, flush=True)
     return PEER_LOST_EXIT_CODE
   if code < 0:
+    if -code in (signal.SIGKILL, signal.SIGSTOP):  # no handler can be set for these
+      print(f"error: the search process was killed ({signal.Signals(-code).name}; the kernel's "
+            "out-of-memory killer sends SIGKILL); rerun the same command to resume",
+            file=sys.stderr, flush=True)
+      return 128 - code
     signal.signal(-code, signal.SIG_DFL)
     os.kill(os.getpid(), -code)
     return 128 - code

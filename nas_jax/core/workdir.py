@@ -105,6 +105,10 @@ class Workdir:
     """Refuses (reading only) a workdir that belongs to another config, or is not a directory."""
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise WorkdirError(f"--workdir {self.path} is a file, not a directory; give a directory")
+    ckpt = self._file("checkpoints")
+    if os.path.exists(ckpt) and not os.path.isdir(ckpt):
+      raise WorkdirError(f"{ckpt} is a file, not the checkpoints folder; move it away or use a "
+                         "new --workdir (nothing was changed)")
     path = self._file("config.json")
     if os.path.exists(path):
       with _io("read", path), open(path) as f:
@@ -112,6 +116,9 @@ class Workdir:
           old = json.load(f)
         except ValueError:
           raise WorkdirError(f"{path} does not parse; restore it or use a new --workdir") from None
+      if not isinstance(old, dict):
+        raise WorkdirError(f"{path} holds a JSON {type(old).__name__}, not a search's config; "
+                           "restore it or use a new --workdir")
       diffs = sorted(k for k in set(old) | set(self.record)
                      if k not in RESUMABLE_CHANGES
                      and not (k in DERIVED_KEYS and k not in old)

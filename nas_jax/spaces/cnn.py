@@ -203,6 +203,7 @@ class CNNChild(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Architectures typed as text (``nas-jax train-child --arch``)
 
+MAX_ARCH_LAYERS = 256   # an --arch deeper than this is refused before anything compiles
 ARCH_FORMATS = ("the JSON of an architecture as history rows store it (their 'arch'), a JSON "
                 "list of tokens, or a description like '0:3x3x16<img 1:5x5x32<0'")
 _LAYER = re.compile(r"^(\d+):(\d+)x(\d+)x(\d+)(?:/s(\d+)x(\d+))?(\+pool)?<(img|\d+(?:,\d+)*)$")
@@ -289,6 +290,13 @@ def parse_arch(text: str, space: CNNSpace) -> tuple[CNNArch, list[int]]:
     else:
       arch = space.from_json(json.loads(text)) if text.startswith("{") else \
           _from_description(text, space)
+    if not arch.layers:
+      raise ValueError("no layers")
+    if len(arch.layers) > MAX_ARCH_LAYERS:
+      raise ValueError(f"{len(arch.layers)} layers; at most {MAX_ARCH_LAYERS} (each is compiled)")
     return arch, tokens_of(space, arch)
+  except RecursionError:
+    raise InputError(f"--arch {text[:80]!r}: nested too deep to be an architecture; give "
+                     f"{ARCH_FORMATS}") from None
   except (ValueError, TypeError) as e:
     raise InputError(f"--arch {text[:80]!r}: {e}; give {ARCH_FORMATS}") from None
