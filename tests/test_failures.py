@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import logging
 import os
+import re
 import shutil
 import threading
 
@@ -255,7 +256,7 @@ def test_children_that_raise_are_recorded_as_failed_and_the_search_goes_on(tmp_p
   cfg = load_config("cnn_digits", "quick")
   cfg.search.num_steps, cfg.search.children_per_step = 3, 4
   dataset = data.load_dataset("digits", max_train=128, seed=0)
-  space = _NoWidth16(widths=(4, 16), layers=1)   # 4 architectures, 2 of them broken
+  space = _NoWidth16(widths=(4, 8, 16, 32), layers=1)   # a quarter of the children broken
   result = experiment.run_search(cfg, str(tmp_path), space=space, dataset=dataset)
   rows = read_rows(tmp_path)
   assert len(rows) == 12 == result.num_evaluated   # every step ran
@@ -279,12 +280,30 @@ class _CannotBuildWidth16(MLPSpace):
     return super().build(arch, num_classes)
 
 
+def test_a_step_whose_most_children_raise_one_type_stops_the_search(tmp_path):
+  # 3 of 4 width choices are 16, which the space cannot build: most of a step raises ValueError;
+  # the search stops with that error instead of learning from their reward 0
+  cfg = load_config("cnn_digits", "quick")
+  cfg.search.num_steps, cfg.search.children_per_step = 3, 4
+  dataset = data.load_dataset("digits", max_train=128, seed=0)
+  with pytest.raises(errors.ChildrenFailError, match=r"[34] of the 4 children of step (\d) "
+                     r"raised ValueError.*\nValueError: width 16 is not supported") as info:
+    experiment.run_search(cfg, str(tmp_path), dataset=dataset,
+                          space=_CannotBuildWidth16(widths=(16, 16, 16, 4), layers=1))
+  stopped = int(re.search(r"of step (\d)", str(info.value))[1])
+  rows = read_rows(tmp_path)
+  assert stopped < 2 and len(rows) == 4 * (stopped + 1)   # it stopped there, the step recorded
+  last = [r for r in rows if r["step"] == stopped]
+  assert 2 * sum(r["failed"] for r in last) > len(last)
+  assert all(2 * sum(r["failed"] for r in rows if r["step"] == s) <= 4 for s in range(stopped))
+
+
 def test_a_child_whose_build_raises_is_recorded_as_failed(tmp_path):
   cfg = load_config("cnn_digits", "quick")
   cfg.search.num_steps, cfg.search.children_per_step = 2, 4
   dataset = data.load_dataset("digits", max_train=128, seed=0)
-  experiment.run_search(cfg, str(tmp_path), space=_CannotBuildWidth16(widths=(4, 16), layers=1),
-                    dataset=dataset)
+  experiment.run_search(cfg, str(tmp_path),
+                        space=_CannotBuildWidth16(widths=(4, 8, 16, 32), layers=1), dataset=dataset)
   rows = read_rows(tmp_path)
   assert len(rows) == 8
   bad = [r for r in rows if 16 in r["arch"]["widths"]]

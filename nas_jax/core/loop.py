@@ -47,6 +47,24 @@ def stop_if_all_raised(rows: list[dict]) -> None:
         f"every child so far failed; the first error:\n{rows[0]['error']}")
 
 
+def stop_if_most_raised(step_rows: list[dict]) -> None:
+  """Raises ChildrenFailError when most of a step's children raised the same exception type (a
+  bug that keeps REINFORCE learning from reward-0 children, e.g. a stochastic layer without its
+  key); fewer, or a mix, are recorded as failed and the search goes on."""
+  raised = [r for r in step_rows if errors.raised(r)]
+  if not raised:
+    return
+  types = [errors.error_type(r["error"]) for r in raised]
+  common = max(set(types), key=types.count)
+  count = types.count(common)
+  if 2 * count > len(step_rows):
+    first = next(r for r, t in zip(raised, types) if t == common)
+    raise errors.ChildrenFailError(
+        f"{count} of the {len(step_rows)} children of step {first['step']} raised "
+        f"{common or 'an error'}; the space, its children or the data is broken (a child whose "
+        f"loss diverges is not an error). The first:\n{first['error']}")
+
+
 class Interrupt:
   """Ctrl-C stops the search at the next safe point (a child recorded, a step saved); a second
   Ctrl-C stops it at once. (A KeyboardInterrupt raised at an arbitrary point can land in a

@@ -104,6 +104,7 @@ def _run(config, workdir, cluster, space, searcher, evaluator, dataset, show):
           "seconds": round(time.time() - t_step, 4)}
       wd.end_step(step, state, step_row, step_rows, kept, metric, rate * 60 if rate else None)
       loop.stop_if_all_raised(kept)
+      loop.stop_if_most_raised(step_rows)
       interrupt.check()
       progress.log(step, num_layers, rewards, metrics, info, history.best_row(kept), step_row)
     wd.finish(kept, max(start, num_steps))
