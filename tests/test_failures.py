@@ -420,3 +420,16 @@ def test_a_checkpoints_path_that_is_a_file_is_refused_touching_nothing(tmp_path)
     experiment.run_search(cfg, str(workdir), space=MLPSpace(), dataset=_NO_DATA,
                           evaluate_fn=FakeEvaluator(), progress=False)
   assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
+def test_a_duplicated_history_row_is_refused_touching_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  experiment.run_search(fake_config(steps=2), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+                        evaluate_fn=FakeEvaluator(), progress=False)
+  lines = (workdir / "history.jsonl").read_text().splitlines(keepends=True)
+  (workdir / "history.jsonl").write_text("".join(lines[:3] + [lines[2]] + lines[3:]))
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  with pytest.raises(errors.WorkdirError, match="line 4: a second row of step 0, child 2"):
+    experiment.run_search(fake_config(steps=3), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
+                          evaluate_fn=FakeEvaluator(), progress=False)
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before

@@ -26,7 +26,9 @@ def _read_scalars(logdir):
       event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
       pos += 12 + length + 4
       for v in event.summary.value:
-        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+        value = v.simple_value if not v.HasField("tensor") else (
+            b"".join(v.tensor.string_val).decode())
+        out.setdefault(v.tag, []).append((event.step, value))
   return out
 
 
@@ -82,6 +84,8 @@ def test_a_search_writes_one_point_per_controller_step(tmp_path):
                     evaluate_fn=FakeEvaluator())
   steps = [json.loads(line) for line in open(tmp_path / "on" / "steps.jsonl")]
   scalars = _read_scalars(tmp_path / "on" / "tensorboard")
+  text = [v for tag, points in scalars.items() if tag.startswith("config") for _, v in points]
+  assert len(text) == 1 and "| search.num_steps | 3 |" in text[0] and "| seed | 0 |" in text[0]
   for tag, key in (("reward/mean", "reward_mean"), ("controller/loss", "loss"),
                    ("controller/baseline", "baseline"), ("controller/entropy", "entropy")):
     assert [s for s, _ in scalars[tag]] == [1, 2, 3]

@@ -18,7 +18,7 @@ README's exact 128-child search (``--reference``), retrained on its search's spl
 ``--config.seed=SEED``; ``ptb``: the LSTM (``--reference lstm``) as ``lm_ptb_cpu``'s LM.
 
 Every process starts with an empty compilation cache (``--compilation_cache_dir=``) unless
-``--cache``: the wall times are those of a first run. A step whose output exists is not rerun
+``--cache`` or ``$NAS_JAX_COMPILATION_CACHE_DIR``: the wall times are those of a first run. A step whose output exists is not rerun
 (its time is read back from ``ROOT/shared_seeds_SPACE.json``), so a cut-off protocol continues.
 Prints a markdown table (mean over seeds ± the half-width of the 95% t-interval) and writes
 ``ROOT/shared_seeds_SPACE.json``.
@@ -58,7 +58,8 @@ _REFERENCE = flags.DEFINE_string("reference", None, "digits: the architecture re
                                  "exact search's best (default: the README's main job's); ptb: the "
                                  "cell (lstm, nascell or a summary.json; default lstm). '' skips it.")
 _CACHE = flags.DEFINE_boolean("cache", False, "Use the persistent compilation cache (default: "
-                              "every process compiles afresh, as a first run does).")
+                              "every process compiles afresh, as a first run does, unless "
+                              "$NAS_JAX_COMPILATION_CACHE_DIR names one).")
 _QUICK = flags.DEFINE_boolean("quick", False, "Every config at its ':quick' size (the tests; no "
                               "measured result).")
 _EXTRA = flags.DEFINE_multi_string("search_flag", [], "Extra flag for every search, e.g. "
@@ -126,7 +127,9 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
                        f"{' (quick)' if state.get('quick') else ''}, not {space!r}"
                        f"{' (quick)' if quick else ''}; pass another --root")
     done = {(r["group"], r["seed"]): r for r in state["runs"] if r.get("complete")}
-  cache_flags = [] if cache else ["--compilation_cache_dir="]
+  # an empty cache per process, unless asked for one (--cache, or the environment's)
+  cache_flags = [] if cache or os.environ.get("NAS_JAX_COMPILATION_CACHE_DIR") else [
+      "--compilation_cache_dir="]
   records = []
 
   def save():

@@ -302,14 +302,18 @@ def run(final, out_dir: str | None = None, *,
       if os.path.exists(result_path):
         with open(result_path) as f:
           results.append(json.load(f))
+        if log_fn:
+          log_fn(f"rank {c.rank}/{len(p.children)}: {c.description}: trained before, its "
+                 f"result read from {result_path}")
         continue
       if log_fn:
         log_fn(f"rank {c.rank}/{len(p.children)}: {c.description} (search reward "
                f"{'-' if c.search_reward is None else f'{c.search_reward:.4f}'})")
       model = p.space.build(p.space.from_json(c.arch), dataset.num_classes)
-      out = final_training.train_child(model, dataset, p.final.train, jax.random.fold_in(root, c.rank),
-                        child_dir, keep_checkpoints=p.final.keep_checkpoints,
-                        tensorboard=p.final.tensorboard, name=f"rank {c.rank} ", log_fn=log_fn)
+      out = final_training.train_child(
+          model, dataset, p.final.train, jax.random.fold_in(root, c.rank), child_dir,
+          keep_checkpoints=p.final.keep_checkpoints, tensorboard=p.final.tensorboard,
+          name=f"rank {c.rank} ", log_fn=log_fn)
       result = {**c._asdict(), **out}
       _write_json(result_path, result)
       if log_fn:

@@ -16,6 +16,7 @@ View with ``tensorboard --logdir WORKDIR/tensorboard`` (``pip install tensorboar
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -100,6 +101,12 @@ class Writer:
   def write_step(self, step: int, scalars: dict[str, float]) -> None:
     for name, value in scalars.items():
       self._writer.add_scalar(name, value, global_step=step + 1)
+    self._writer.flush()
+
+  def write_text(self, tag: str, record: dict) -> None:
+    """``record`` (flat ``key: value``) as a markdown table under ``tag`` (the text tab)."""
+    rows = "\n".join(f"| {k} | {json.dumps(v)} |" for k, v in sorted(record.items()))
+    self._writer.add_text(tag, f"| field | value |\n|---|---|\n{rows}", global_step=0)
     self._writer.flush()
 
   def close(self) -> None:

@@ -159,6 +159,13 @@ class Workdir:
     steps_path, history_path = self._file("steps.jsonl"), self._file("history.jsonl")
     step_rows = read_jsonl(steps_path, history.STEP_KEYS)
     rows = read_jsonl(history_path, history.ROW_KEYS)
+    seen: set[tuple[int, int]] = set()
+    for n, r in enumerate(rows, 1):
+      if (r["step"], r["index"]) in seen:
+        raise WorkdirError(f"{history_path}, line {n}: a second row of step {r['step']}, child "
+                           f"{r['index']} (a line copied by hand?); remove it or use a new "
+                           "--workdir (nothing was changed)")
+      seen.add((r["step"], r["index"]))
     ckpt_dir = os.path.abspath(self._file("checkpoints"))
     logged = {r["step"] for r in step_rows}
     if not os.path.exists(steps_path) and os.path.isdir(ckpt_dir):
@@ -191,6 +198,8 @@ class Workdir:
     if self._tensorboard:
       with _io("write TensorBoard events in", self.path):
         self._writer = summaries.Writer(self.path, purge_step=start + 1)  # redone steps' points go
+        if start == 0:  # the config beside the curves (TensorBoard's text tab)
+          self._writer.write_text("config", self.record)
     return start, state, rows
 
   def write_row(self, row: dict) -> None:
