@@ -70,7 +70,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except OSError as e:  # outside the workdir (the data, the compilation cache, ...)
-    print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    print(f"error: {e.filename or _WORKDIR.value}: {e.strerror or e}", file=sys.stderr)
     sys.exit(2)
   best, metric = result.best, result.metric.name
   if best:

@@ -47,7 +47,7 @@ def main(argv):
           FileNotFoundError) as e:
     cli.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except OSError as e:  # outside the workdir (the data, the compilation cache, ...)
-    cli.fail(f"{e.filename or ''}: {e.strerror or e}")
+    cli.fail(f"{e.filename or _WORKDIR.value}: {e.strerror or e}")
   logging.info("valid ppl (best) %.2f | test ppl %.2f | params %d | %.0f tokens/s",
                metrics["best_valid_ppl"], metrics["test_ppl"], metrics["params"],
                metrics["tokens_per_sec"])
