@@ -83,3 +83,12 @@ def test_a_packaged_name_wins_over_a_local_folder_of_that_name(tmp_path, monkeyp
       os.path.join(CONFIGS, "cnn_digits.py"))
   local = ["x", "--config", str(tmp_path / "my_config.py")]
   assert cli.resolve_config_names(local) == local   # a path stays a path
+
+
+def test_a_config_file_with_a_syntax_error_is_one_line(tmp_path):
+  (tmp_path / "bad.py").write_text("def get_config(:\n")
+  out = _nas_jax("search", "--config", str(tmp_path / "bad.py"), f"--workdir={tmp_path / 'w'}",
+                 cwd=tmp_path)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      f"error: flag --config: {tmp_path / 'bad.py'}, line 1: invalid syntax; fix the config file"]
+  assert not (tmp_path / "w").exists()

@@ -101,6 +101,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:  # ml_collections: an override names no field
     msg = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'").strip("'\"")
     fail(f"a --config override names no config field: {msg}")
+  except SyntaxError as e:  # the config file is not Python
+    fail(f"flag --config: {e.filename}, line {e.lineno}: {e.msg}; fix the config file")
   except OSError as e:  # no such config file
     fail(f"flag --config: cannot load the config file: {_last_line(e)}; "
          f"{config_hint(value or '')}")

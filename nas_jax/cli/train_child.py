@@ -62,7 +62,8 @@ def main(argv):
     print(f"error: {e}; lower --config.child.learning_rate", file=sys.stderr)
     sys.exit(1)
   except OSError as e:
-    print(f"error: {e.filename or _WORKDIR.value or _SEARCH.value}: {e.strerror or e}", file=sys.stderr)
+    print(f"error: {e.filename or _WORKDIR.value or _SEARCH.value}: {e.strerror or e}",
+          file=sys.stderr)
     sys.exit(2)
   for c in metrics["children"]:
     logging.info("rank %d: val_acc %.4f test_acc %.4f params %d flops/image %d | %s", c["rank"],
