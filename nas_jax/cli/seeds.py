@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 from absl import app, flags
 
 from nas_jax import cli
 
+from nas_jax.cli import shared_seeds
 from nas_jax.tools import analysis, tables
 
 SPACES = {
@@ -60,17 +60,6 @@ _QUICK = flags.DEFINE_boolean("quick", False, "Every config at its ':quick' size
                               "measured result).")
 
 
-def _run(cmd: list[str], log_path: str) -> None:
-  with open(log_path, "a") as log:
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  if rc != 0:
-    sys.exit(f"error: {' '.join(cmd)} failed (exit {rc}); its output: {log_path}")
-
-
-def _nas(*args: str) -> list[str]:
-  return [sys.executable, "-m", "nas_jax", *args]
-
-
 def _finished(workdir: str) -> bool:
   """Has the search in ``workdir`` logged every step of its config?"""
   try:
@@ -80,16 +69,6 @@ def _finished(workdir: str) -> bool:
       return sum(1 for line in f if line.endswith("\n")) >= steps
   except (OSError, ValueError, KeyError):
     return False
-
-
-def retrained(space: str, retrain_dir: str) -> dict:
-  """Validation and test of a retrain's ``metrics.json`` (``train-lm`` or ``train-child``)."""
-  with open(os.path.join(retrain_dir, "metrics.json")) as f:
-    m = json.load(f)
-  if space == "digits":
-    c = m["children"][0]
-    return {"val": c["val_accuracy"], "test": c["test_accuracy"], "description": c["description"]}
-  return {"val": m["best_valid_ppl"], "test": m["test_ppl"], "description": m["cell_description"]}
 
 
 def protocol(space: str, root: str, seeds: list[int], arms: list[str],
@@ -107,19 +86,19 @@ def protocol(space: str, root: str, seeds: list[int], arms: list[str],
       if not _finished(w):
         print(f"[{space}] search {arm} seed {seed} -> {w}", flush=True)
         os.makedirs(w, exist_ok=True)
-        _run(_nas("search", "--config", search_cfg, "--workdir", w, f"--config.seed={seed}",
+        shared_seeds.run_logged(shared_seeds.nas_command("search", "--config", search_cfg, "--workdir", w, f"--config.seed={seed}",
                   *spec["arms"][arm]), os.path.join(w, "search.log"))
       retrain_dir = os.path.join(w, "retrain")
       if not os.path.exists(os.path.join(retrain_dir, "metrics.json")):
         print(f"[{space}] retrain {arm} seed {seed} -> {retrain_dir}", flush=True)
         if space == "digits":
-          cmd = _nas("train-child", "--search_workdir", w, "--workdir", retrain_dir, "--config",
+          cmd = shared_seeds.nas_command("train-child", "--search_workdir", w, "--workdir", retrain_dir, "--config",
                      retrain_cfg, f"--config.seed={seed}")
         else:
-          cmd = _nas("train-lm", "--config", retrain_cfg, "--workdir", retrain_dir,
+          cmd = shared_seeds.nas_command("train-lm", "--config", retrain_cfg, "--workdir", retrain_dir,
                      f"--config.cell={os.path.join(w, 'summary.json')}", f"--config.seed={seed}")
-        _run(cmd, os.path.join(w, "retrain.log"))
-      out[arm].append({"seed": seed, "workdir": w, **retrained(space, retrain_dir)})
+        shared_seeds.run_logged(cmd, os.path.join(w, "retrain.log"))
+      out[arm].append({"seed": seed, "workdir": w, **shared_seeds.retrain_result(space, retrain_dir)})
   return out
 
 

@@ -66,7 +66,7 @@ _EXTRA = flags.DEFINE_multi_string("search_flag", [], "Extra flag for every sear
                                    "--search_flag=--config.shared.epochs=5.")
 
 
-def _run(cmd: list[str], log_path: str) -> float:
+def run_logged(cmd: list[str], log_path: str) -> float:
   """Runs ``cmd`` with stdout and stderr into ``log_path``; its wall seconds. Exits on failure."""
   start = time.perf_counter()
   with open(log_path, "w") as log:
@@ -76,7 +76,7 @@ def _run(cmd: list[str], log_path: str) -> float:
   return time.perf_counter() - start
 
 
-def _nas(*args: str) -> list[str]:
+def nas_command(*args: str) -> list[str]:
   return [sys.executable, "-m", "nas_jax", *args]
 
 
@@ -150,8 +150,8 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
         w = os.path.join(root, f"{space}_{group}_s{seed}")
         print(f"[{space}] search {group} seed {seed} -> {w}", flush=True)
         os.makedirs(w, exist_ok=True)
-        rec["search_seconds"] = _run(
-            _nas("search", "--config", spec["search"], "--workdir", w, f"--config.seed={seed}",
+        rec["search_seconds"] = run_logged(
+            nas_command("search", "--config", spec["search"], "--workdir", w, f"--config.seed={seed}",
                  f"--config.search.searcher={group}", *cache_flags, *extra),
             os.path.join(w, "search.log"))
         rec.update(derived_best(w))
@@ -160,7 +160,7 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
       print(f"[{space}] retrain {group} seed {seed} -> {retrain_dir}", flush=True)
       if space == "digits":
         arch = reference if group.startswith("reference:") else rec["description"]
-        cmd = _nas("train-child", "--arch", arch, "--workdir", retrain_dir, "--config",
+        cmd = nas_command("train-child", "--arch", arch, "--workdir", retrain_dir, "--config",
                    spec["retrain"], f"--config.seed={seed}")
         if group.startswith("reference:"):
           cmd.append("--config.split_seed=0")  # the exact search's split: its test digits unseen
@@ -168,9 +168,9 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
           cmd += ["--search_workdir", w]
       else:
         cell = reference if group.startswith("reference:") else os.path.join(w, "summary.json")
-        cmd = _nas("train-lm", "--config", spec["retrain"], "--workdir", retrain_dir,
+        cmd = nas_command("train-lm", "--config", spec["retrain"], "--workdir", retrain_dir,
                    f"--config.cell={cell}", f"--config.seed={seed}")
-      rec["retrain_seconds"] = _run(cmd + cache_flags, os.path.join(w, "retrain.log"))
+      rec["retrain_seconds"] = run_logged(cmd + cache_flags, os.path.join(w, "retrain.log"))
       rec.update(retrain_result(space, retrain_dir))
       rec["complete"] = True
       records.append(rec)
