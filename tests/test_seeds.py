@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nas_jax.cli import seeds
+from nas_jax.tools import seeds_protocol as seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -33,22 +33,8 @@ import sys
 from absl import app, flags
 
 from nas_jax import cli
-
-from nas_jax.cli import shared_seeds
-from nas_jax.tools import analysis, tables
-
-SPACES = {
-    "ptb": {"search": "rnn_ptb_cpu:short", "retrain": "lm_ptb_cpu", "reward_constant": 80.0,
-            "arms": {"unigram": ["--config.lm_child.reward_above_unigram=True"],
-                     "reinforce": [], "random": ["--config.search.searcher=random"]},
-            "labels": {"unigram": "REINFORCE, reward above unigram", "reinforce": "REINFORCE",
-                       "random": "random search"}},
-    "digits": {"search": "cnn_digits:seeds", "retrain": "cnn_digits_final:search_budget",
-               "reward_constant": None,
-               "arms": {"reinforce": [], "random": ["--config.search.searcher=random"]},
-               "labels": {"reinforce": "REINFORCE", "random": "random search"}},
-}
-"""Per space: the search and retrain configs, the arms (name -> extra search flags), labels."""
+from nas_jax.tools import seeds_protocol as lib
+from nas_jax.tools.seeds_protocol import SPACES
 
 _SPACE = flags.DEFINE_enum("space", "ptb", sorted(SPACES), "The character-PTB cell search or "
                            "the digits CNN search.")
@@ -58,102 +44,6 @@ _SEEDS = flags.DEFINE_list("seeds", [str(s) for s in range(10)], "Seeds (at leas
 _ARMS = flags.DEFINE_list("arms", None, "Arms to run (default: all of the space's).")
 _QUICK = flags.DEFINE_boolean("quick", False, "Every config at its ':quick' size (the tests; no "
                               "measured result).")
-
-
-def _finished(workdir: str) -> bool:
-  """Has the search in ``workdir`` logged every step of its config?"""
-  try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      steps = json.load(f)["search.num_steps"]
-    with open(os.path.join(workdir, "steps.jsonl")) as f:
-      return sum(1 for line in f if line.endswith("\n")) >= steps
-  except (OSError, ValueError, KeyError):
-    return False
-
-
-def protocol(space: str, root: str, seeds: list[int], arms: list[str],
-             quick: bool = False) -> dict[str, list[dict]]:
-  """Runs (or finds done) every search and retrain; arm -> one record per seed."""
-  spec = SPACES[space]
-  search_cfg, retrain_cfg = spec["search"], spec["retrain"]
-  if quick:
-    search_cfg, retrain_cfg = (c.split(":")[0] + ":quick" for c in (search_cfg, retrain_cfg))
-  os.makedirs(root, exist_ok=True)
-  out: dict[str, list[dict]] = {arm: [] for arm in arms}
-  for seed in seeds:
-    for arm in arms:
-      w = os.path.join(root, f"{space}_{arm}_s{seed}")
-      if not _finished(w):
-        print(f"[{space}] search {arm} seed {seed} -> {w}", flush=True)
-        os.makedirs(w, exist_ok=True)
-        shared_seeds.run_logged(shared_seeds.nas_command("search", "--config", search_cfg, "--workdir", w, f"--config.seed={seed}",
-                  *spec["arms"][arm]), os.path.join(w, "search.log"))
-      retrain_dir = os.path.join(w, "retrain")
-      if not os.path.exists(os.path.join(retrain_dir, "metrics.json")):
-        print(f"[{space}] retrain {arm} seed {seed} -> {retrain_dir}", flush=True)
-        if space == "digits":
-          cmd = shared_seeds.nas_command("train-child", "--search_workdir", w, "--workdir", retrain_dir, "--config",
-                     retrain_cfg, f"--config.seed={seed}")
-        else:
-          cmd = shared_seeds.nas_command("train-lm", "--config", retrain_cfg, "--workdir", retrain_dir,
-                     f"--config.cell={os.path.join(w, 'summary.json')}", f"--config.seed={seed}")
-        shared_seeds.run_logged(cmd, os.path.join(w, "retrain.log"))
-      out[arm].append({"seed": seed, "workdir": w, **shared_seeds.retrain_result(space, retrain_dir)})
-  return out
-
-
-def welch(a: list[float], b: list[float]) -> dict:
-  """Welch's two-sample t-test (unequal variances): t, degrees of freedom, two-sided p."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel  # comes with scikit-learn
-  if len(a) < 2 or len(b) < 2:
-    return {"t": None, "df": None, "p": None}
-  res = stats.ttest_ind(a, b, equal_var=False)
-  return {"t": float(res.statistic), "df": float(res.df), "p": float(res.pvalue)}
-
-
-def summarize(space: str, runs: dict[str, list[dict]]) -> tuple[dict, analysis.Groups]:
-  """The comparison of the searches, the retrained numbers and the tests against ``random``; and
-  the histories loaded (:func:`nas_jax.tools.analysis.load_groups`)."""
-  spec = SPACES[space]
-  loaded = analysis.load_groups({spec["labels"][a]: [r["workdir"] for r in rs]
-                                 for a, rs in runs.items()}, None, spec["reward_constant"])
-  comparison = analysis.compare_groups(loaded)
-  out = {"space": space, "comparison": comparison, "retrained": {}, "tests": {}}
-  for arm, rs in runs.items():
-    out["retrained"][arm] = {k: analysis.t_interval([r[k] for r in rs]) for k in ("val", "test")}
-    out["retrained"][arm]["runs"] = rs
-  if "random" in runs:
-    top5 = {a: comparison["groups"][spec["labels"][a]]["stats"]["top5_mean_reward"]["values"]
-            for a in runs}
-    for arm in (a for a in runs if a != "random"):
-      out["tests"][arm] = {
-          "top5_unique": welch(top5[arm], top5["random"]),
-          "retrained_test": welch([r["test"] for r in runs[arm]],
-                                  [r["test"] for r in runs["random"]])}
-  return out, loaded
-
-
-def markdown(space: str, result: dict) -> str:
-  spec = SPACES[space]
-  acc = space == "digits"
-  unit = "accuracy" if acc else "ppl"
-  lines = [tables.comparison_markdown(result["comparison"]), "",
-           f"| arm (seeds) | retrained val {unit} | retrained test {unit} |", "|---|---|---|"]
-  for arm, st in result["retrained"].items():
-    cells = []
-    for k in ("val", "test"):
-      s = st[k]
-      cell = f"{s['mean']:.{3 if acc else 2}f}"
-      if s["lo"] is not None:
-        cell += f" ± {(s['hi'] - s['lo']) / 2:.{3 if acc else 2}f}"
-      cells.append(cell)
-    lines.append(f"| {spec['labels'][arm]} ({len(st['runs'])}) | {' | '.join(cells)} |")
-  for arm, t in result["tests"].items():
-    for what, r in t.items():
-      if r["p"] is not None:
-        lines.append(f"Welch's t-test, {spec['labels'][arm]} vs random search, {what}: "
-                     f"t = {r['t']:.2f}, df = {r['df']:.1f}, p = {r['p']:.3f}")
-  return "\n".join(lines)
 
 
 def main(argv):
@@ -171,9 +61,9 @@ def main(argv):
   if unknown:
     sys.exit(f"error: --arms {','.join(unknown)}: not an arm of {space}; one of "
              f"{', '.join(SPACES[space]['arms'])}")
-  runs = protocol(space, root, seeds, arms, _QUICK.value)
-  result, loaded = summarize(space, runs)
-  print(markdown(space, result))
+  runs = lib.protocol(space, root, seeds, arms, _QUICK.value)
+  result, loaded = lib.summarize(space, runs)
+  print(lib.markdown(space, result))
   with open(os.path.join(root, f"seeds_{space}.json"), "w") as f:
     json.dump(result, f, indent=1)
   from nas_jax.tools import plots  # pylint: disable=import-outside-toplevel  (matplotlib)

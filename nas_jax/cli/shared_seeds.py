@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
 from nas_jax import cli
 
-from nas_jax.tools import analysis
+from nas_jax.tools import analysis, seeds_protocol as protocol_lib
 
 DIGITS_REFERENCE = "0:7x7x32<img 1:7x7x24<0 2:7x7x16<0,1 3:7x3x24<0,1,2"
 """The best architecture of the README's main job (exact search, 128 children, seed 0)."""
@@ -64,32 +62,6 @@ _QUICK = flags.DEFINE_boolean("quick", False, "Every config at its ':quick' size
                               "measured result).")
 _EXTRA = flags.DEFINE_multi_string("search_flag", [], "Extra flag for every search, e.g. "
                                    "--search_flag=--config.shared.epochs=5.")
-
-
-def run_logged(cmd: list[str], log_path: str) -> float:
-  """Runs ``cmd`` with stdout and stderr into ``log_path``; its wall seconds. Exits on failure."""
-  start = time.perf_counter()
-  with open(log_path, "w") as log:
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  if rc != 0:
-    sys.exit(f"error: {' '.join(cmd)} failed (exit {rc}); its output: {log_path}")
-  return time.perf_counter() - start
-
-
-def nas_command(*args: str) -> list[str]:
-  return [sys.executable, "-m", "nas_jax", *args]
-
-
-def retrain_result(space: str, retrain_dir: str) -> dict:
-  """Validation and test numbers of a retrain's ``metrics.json`` (``train_child`` or ``train_lm``)."""
-  with open(os.path.join(retrain_dir, "metrics.json")) as f:
-    m = json.load(f)
-  if space == "digits":
-    c = m["children"][0]
-    return {"val": c["val_accuracy"], "test": c["test_accuracy"], "params": c["param_count"],
-            "description": c["description"]}
-  return {"val": m["best_valid_ppl"], "test": m["test_ppl"], "params": m["params"],
-          "description": m["cell_description"]}
 
 
 def derived_best(workdir: str) -> dict:
@@ -150,8 +122,8 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
         w = os.path.join(root, f"{space}_{group}_s{seed}")
         print(f"[{space}] search {group} seed {seed} -> {w}", flush=True)
         os.makedirs(w, exist_ok=True)
-        rec["search_seconds"] = run_logged(
-            nas_command("search", "--config", spec["search"], "--workdir", w, f"--config.seed={seed}",
+        rec["search_seconds"] = protocol_lib.run_logged(
+            protocol_lib.nas_command("search", "--config", spec["search"], "--workdir", w, f"--config.seed={seed}",
                  f"--config.search.searcher={group}", *cache_flags, *extra),
             os.path.join(w, "search.log"))
         rec.update(derived_best(w))
@@ -160,7 +132,7 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
       print(f"[{space}] retrain {group} seed {seed} -> {retrain_dir}", flush=True)
       if space == "digits":
         arch = reference if group.startswith("reference:") else rec["description"]
-        cmd = nas_command("train-child", "--arch", arch, "--workdir", retrain_dir, "--config",
+        cmd = protocol_lib.nas_command("train-child", "--arch", arch, "--workdir", retrain_dir, "--config",
                    spec["retrain"], f"--config.seed={seed}")
         if group.startswith("reference:"):
           cmd.append("--config.split_seed=0")  # the exact search's split: its test digits unseen
@@ -168,10 +140,10 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
           cmd += ["--search_workdir", w]
       else:
         cell = reference if group.startswith("reference:") else os.path.join(w, "summary.json")
-        cmd = nas_command("train-lm", "--config", spec["retrain"], "--workdir", retrain_dir,
+        cmd = protocol_lib.nas_command("train-lm", "--config", spec["retrain"], "--workdir", retrain_dir,
                    f"--config.cell={cell}", f"--config.seed={seed}")
-      rec["retrain_seconds"] = run_logged(cmd + cache_flags, os.path.join(w, "retrain.log"))
-      rec.update(retrain_result(space, retrain_dir))
+      rec["retrain_seconds"] = protocol_lib.run_logged(cmd + cache_flags, os.path.join(w, "retrain.log"))
+      rec.update(protocol_lib.retrain_result(space, retrain_dir))
       rec["complete"] = True
       records.append(rec)
       save()
