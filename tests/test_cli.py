@@ -33,11 +33,12 @@ def test_the_command_is_installed_and_says_its_commands(tmp_path):
   assert scripts.get("nas-jax") == "nas_jax.cli:main"
   out = _nas_jax(cwd=tmp_path)
   assert out.returncode == 2
-  assert "search|train-child|train-lm|compare|report|shared-seeds|seeds" in out.stdout
+  assert "search|train-child|train-lm|compare|report|shared-seeds|seeds|ranking" in out.stdout
   out = _nas_jax("serch", cwd=tmp_path)
   assert out.returncode == 2
   assert out.stderr.strip() == ("error: nas-jax: unknown command 'serch'; one of search, "
-                                "train-child, train-lm, compare, report, shared-seeds, seeds")
+                                "train-child, train-lm, compare, report, shared-seeds, seeds, "
+                                "ranking")
 
 
 def test_a_packaged_config_by_name_from_another_directory(tmp_path):
@@ -53,7 +54,7 @@ _OWN_FLAGS = {"search": ("--config", "--workdir", "--distributed"),
               "train-child": ("--config", "--search_workdir", "--arch", "--top_k"),
               "train-lm": ("--config", "--workdir"), "compare": ("--group", "--best_of_samples"),
               "report": ("--workdir", "--random_workdir"), "seeds": ("--space", "--arms"),
-              "shared-seeds": ("--space", "--searchers")}
+              "shared-seeds": ("--space", "--searchers"), "ranking": ("--root", "--n")}
 
 
 def test_each_command_help_lists_its_own_flags_and_exits_0(tmp_path):

@@ -1,5 +1,5 @@
 """The command lines: ``nas-jax search | train-child | train-lm | compare | report | seeds |
-shared-seeds`` (installed by pip), the same as ``python experiments/<command>.py`` in a clone.
+shared-seeds | ranking`` (installed by pip), the same as ``python experiments/<command>.py`` in a clone.
 
 ``--config`` takes a config file's path, or the name of one of the packaged configs
 (``nas_jax.configs.NAMES``, e.g. ``--config cnn_digits:quick``), from any directory.
@@ -18,7 +18,7 @@ from nas_jax.configs import NAMES as CONFIG_NAMES
 
 COMMANDS = {"search": "search", "train-child": "train_child", "train-lm": "train_lm",
             "compare": "compare", "report": "report", "shared-seeds": "shared_seeds",
-            "seeds": "seeds"}
+            "seeds": "seeds", "ranking": "ranking"}
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 

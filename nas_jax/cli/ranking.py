@@ -1,0 +1,143 @@
+"""Ranking quality of the weight sharing: shared-weights scores against stand-alone training.
+
+  python experiments/ranking.py --root /tmp/rank --n 24 --seeds 0,1
+
+1. The weight-sharing search of ``cnn_digits_shared`` with random search (the shared weights
+   trained on uniformly drawn architectures, as the ranking is measured) in ``ROOT/shared``.
+2. ``--n`` architectures drawn uniformly from its space (a fixed key), each scored on the whole
+   validation set under the trained shared weights.
+3. The same architectures each trained alone at the exact search's child budget
+   (``cnn_digits``' child: 4 epochs on 1,297 digits, validation accuracy on 250), once per
+   ``--seeds`` seed.
+
+It prints Kendall's tau and Spearman's rho (95% bootstrap intervals over architectures,
+:mod:`nas_jax.tools.ranking`) between the shared scores and the stand-alone mean, and between the
+first two stand-alone seeds (the ceiling: how well one training ranks another), writes
+``ROOT/ranking.json`` and the scatter plot ``ROOT/ranking.png``. A rerun reuses the search (it
+resumes) and recomputes the rest. ``--quick``: tiny sizes for the tests (no measured result).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+from nas_jax import cli  # pylint: disable=g-import-not-at-top
+
+_ROOT = flags.DEFINE_string("root", None, "Folder of the shared search, ranking.json, ranking.png.")
+_N = flags.DEFINE_integer("n", 24, "Architectures drawn uniformly (>= 20 for a measurement).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Stand-alone training seeds (>= 2: the ceiling).")
+_QUICK = flags.DEFINE_boolean("quick", False, "Tiny sizes (cnn_digits_shared:quick; the tests).")
+
+
+def measure(root: str, n: int, seeds: list[int], quick: bool = False) -> dict:
+  """Runs the three parts (see the module docstring); the scores and their correlations."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from nas_jax import config as config_lib, experiment  # pylint: disable=import-outside-toplevel
+  from nas_jax.configs import cnn_digits_shared  # pylint: disable=import-outside-toplevel
+  from nas_jax.core import searchers  # pylint: disable=import-outside-toplevel
+  from nas_jax.tools import ranking  # pylint: disable=import-outside-toplevel
+  from nas_jax.training import data, evaluators, shared  # pylint: disable=import-outside-toplevel
+
+  cfg = cnn_digits_shared.get_config("quick" if quick else None)
+  cfg.search.searcher = "random"
+  workdir = os.path.join(root, "shared")
+  experiment.run_search(cfg, workdir, progress=False)
+  config = config_lib.parse(cfg)
+  space, m = config.search_space, config.search.children_per_step
+  dataset = data.load(config.data, config.seed)
+  executor = experiment.parts_of(space).shared_executor(
+      shared.Settings(config.shared, m, config.lm_child), space, dataset,
+      {k: jax.random.key(0) for k in ("weights", "data", "aug", "dropout", "val")})
+  target = {"searcher": searchers.RandomSearcher().init(None, space.decisions), **executor.init()}
+  with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
+    ws = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target))).state
+  ws = {k: v for k, v in ws.items() if k != "searcher"}
+  plan = space.plan(space.num_layers(0))
+  tokens, _ = searchers.RandomSearcher().propose(None, jax.random.key(12345), plan,
+                                                 space.decisions, n)
+  archs = [space.decode(plan, t) for t in tokens]
+  shared_scores = []
+  for first in range(0, n, m):   # m at a time: the executor's compiled program
+    chunk = archs[first:first + m]
+    scores = executor.score_all(ws, chunk + [chunk[-1]] * (m - len(chunk)))
+    shared_scores += [float(s) for s in np.asarray(scores)[:len(chunk)]]
+  evaluate = evaluators.exact(config.child)
+  alone = {}
+  for seed in seeds:
+    keys = [jax.random.fold_in(jax.random.key(seed), i) for i in range(n)]
+    results = list(evaluate(space, archs, dataset, keys))
+    alone[seed] = [r.metrics["val_accuracy"] for r in results]
+  mean_alone = np.mean([alone[s] for s in seeds], axis=0).tolist()
+  out = {"n": n, "seeds": seeds, "descriptions": [space.describe(a) for a in archs],
+         "shared": shared_scores, "alone": {str(s): v for s, v in alone.items()},
+         "shared_vs_alone": ranking.correlations(shared_scores, mean_alone)}
+  if len(seeds) >= 2:
+    out["alone_vs_alone"] = ranking.correlations(alone[seeds[0]], alone[seeds[1]])
+  return out
+
+
+def _cell(stat: dict) -> str:
+  if stat["lo"] is None:
+    return f"{stat['value']:.2f}"
+  return f"{stat['value']:.2f} [{stat['lo']:.2f}, {stat['hi']:.2f}]"
+
+
+def markdown(result: dict) -> str:
+  lines = [f"| pair ({result['n']} architectures) | Kendall tau [95% bootstrap] | "
+           "Spearman rho [95% bootstrap] |", "|---|---|---|"]
+  pairs = [("shared weights vs stand-alone (mean of seeds)", "shared_vs_alone"),
+           ("stand-alone seed vs stand-alone seed (ceiling)", "alone_vs_alone")]
+  for label, key in pairs:
+    if key in result:
+      c = result[key]
+      lines.append(f"| {label} | {_cell(c['kendall_tau'])} | {_cell(c['spearman_rho'])} |")
+  return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(5, 4), dpi=110, layout="constrained")
+  ax = fig.add_subplot()
+  for seed, vals in result["alone"].items():
+    ax.scatter(result["shared"], vals, s=14, label=f"trained alone, seed {seed}")
+  ax.set_xlabel("validation accuracy under the shared weights")
+  ax.set_ylabel("validation accuracy trained alone")
+  ax.legend(fontsize=8)
+  fig.savefig(path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not _ROOT.value:
+    cli.fail("--root is required (the folder of the shared search and the results)")
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    cli.fail(f"--seeds must be integers, got {_SEEDS.value}")
+  if _N.value < 3:
+    cli.fail(f"--n {_N.value}: at least 3 architectures (20 or more for a measurement)")
+  result = measure(_ROOT.value, _N.value, seeds, _QUICK.value)
+  print(markdown(result))
+  with open(os.path.join(_ROOT.value, "ranking.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  plot(result, os.path.join(_ROOT.value, "ranking.png"))
+
+
+def run():
+  cli.show_help(__name__, __doc__)
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()
