@@ -1,5 +1,6 @@
 """The command lines: ``nas-jax search | train-child | train-lm | compare | report | seeds |
-shared-seeds | ranking`` (installed by pip), the same as ``python experiments/<command>.py`` in a clone.
+shared-seeds | ranking`` (installed by pip), the same as ``python experiments/<command>.py`` in a
+clone.
 
 ``--config`` takes a config file's path, or the name of one of the packaged configs
 (``nas_jax.configs.NAMES``, e.g. ``--config cnn_digits:quick``), from any directory.
@@ -50,7 +51,8 @@ def config_hint(value: str) -> str:
   name = value.partition(":")[0]
   near = difflib.get_close_matches(os.path.basename(name).removesuffix(".py"), CONFIG_NAMES, n=1)
   return ((f"did you mean {near[0]}? " if near else "")
-          + f"packaged configs: {', '.join(CONFIG_NAMES)} (NAME or NAME:ARG), or a path to a .py file")
+          + f"packaged configs: {', '.join(CONFIG_NAMES)} (NAME or NAME:ARG), or a path to a .py "
+          "file")
 
 
 CONFIG_HELP = ("Experiment config: a packaged config's name (NAME[:ARG], one of "

@@ -18,11 +18,10 @@ README's exact 128-child search (``--reference``), retrained on its search's spl
 ``--config.seed=SEED``; ``ptb``: the LSTM (``--reference lstm``) as ``lm_ptb_cpu``'s LM.
 
 Every process starts with an empty compilation cache (``--compilation_cache_dir=``) unless
-``--cache`` or ``$NAS_JAX_COMPILATION_CACHE_DIR``: the wall times are those of a first run. A step whose output exists is not rerun
-(its time is read back from ``ROOT/shared_seeds_SPACE.json``), so a cut-off protocol continues.
-Prints a markdown table (mean over seeds ± the half-width of the 95% t-interval) and writes
-``ROOT/shared_seeds_SPACE.json``.
-"""
+``--cache`` or ``$NAS_JAX_COMPILATION_CACHE_DIR``: the wall times are those of a first run. A step
+whose output exists is not rerun (its time is read back from ``ROOT/shared_seeds_SPACE.json``), so a
+cut-off protocol continues. Prints a markdown table (mean over seeds ± the half-width of the 95%
+t-interval) and writes ``ROOT/shared_seeds_SPACE.json``. """
 
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ from absl import app, flags
 
 from nas_jax import cli
 
-from nas_jax.tools import analysis, seeds_protocol as protocol_lib
+from nas_jax.tools import analysis, seeds_protocol as proto
 
 DIGITS_REFERENCE = "0:7x7x32<img 1:7x7x24<0 2:7x7x16<0,1 3:7x3x24<0,1,2"
 """The best architecture of the README's main job (exact search, 128 children, seed 0)."""
@@ -122,9 +121,10 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
         w = os.path.join(root, f"{space}_{group}_s{seed}")
         print(f"[{space}] search {group} seed {seed} -> {w}", flush=True)
         os.makedirs(w, exist_ok=True)
-        rec["search_seconds"] = protocol_lib.run_logged(
-            protocol_lib.nas_command("search", "--config", spec["search"], "--workdir", w, f"--config.seed={seed}",
-                 f"--config.search.searcher={group}", *cache_flags, *extra),
+        rec["search_seconds"] = proto.run_logged(
+            proto.nas_command("search", "--config", spec["search"], "--workdir", w,
+                              f"--config.seed={seed}", f"--config.search.searcher={group}",
+                              *cache_flags, *extra),
             os.path.join(w, "search.log"))
         rec.update(derived_best(w))
       retrain_dir = os.path.join(w, "retrain")
@@ -132,18 +132,18 @@ def protocol(space: str, root: str, seeds: list[int], searchers: list[str], refe
       print(f"[{space}] retrain {group} seed {seed} -> {retrain_dir}", flush=True)
       if space == "digits":
         arch = reference if group.startswith("reference:") else rec["description"]
-        cmd = protocol_lib.nas_command("train-child", "--arch", arch, "--workdir", retrain_dir, "--config",
-                   spec["retrain"], f"--config.seed={seed}")
+        cmd = proto.nas_command("train-child", "--arch", arch, "--workdir", retrain_dir,
+                                "--config", spec["retrain"], f"--config.seed={seed}")
         if group.startswith("reference:"):
           cmd.append("--config.split_seed=0")  # the exact search's split: its test digits unseen
         else:
           cmd += ["--search_workdir", w]
       else:
         cell = reference if group.startswith("reference:") else os.path.join(w, "summary.json")
-        cmd = protocol_lib.nas_command("train-lm", "--config", spec["retrain"], "--workdir", retrain_dir,
-                   f"--config.cell={cell}", f"--config.seed={seed}")
-      rec["retrain_seconds"] = protocol_lib.run_logged(cmd + cache_flags, os.path.join(w, "retrain.log"))
-      rec.update(protocol_lib.retrain_result(space, retrain_dir))
+        cmd = proto.nas_command("train-lm", "--config", spec["retrain"], "--workdir",
+                                retrain_dir, f"--config.cell={cell}", f"--config.seed={seed}")
+      rec["retrain_seconds"] = proto.run_logged(cmd + cache_flags, os.path.join(w, "retrain.log"))
+      rec.update(proto.retrain_result(space, retrain_dir))
       rec["complete"] = True
       records.append(rec)
       save()

@@ -22,7 +22,8 @@ from ml_collections import config_flags
 
 from nas_jax import cli, runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Final-training config: " + cli.CONFIG_HELP,
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "Final-training config: " + cli.CONFIG_HELP,
                                           lock_config=True)
 _SEARCH = flags.DEFINE_string("search_workdir", None,
                               "A CNN search's workdir: its best architectures are retrained.")

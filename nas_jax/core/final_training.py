@@ -72,7 +72,8 @@ def train_child(model, dataset: data_lib.Dataset, cfg: child_lib.TrainConfig, ke
   FloatingPointError if the training loss became NaN/inf.
   """
   steps = trainer.steps_per_epoch(dataset, cfg)
-  progs = child_lib._programs(model, cfg, bool(dataset.augment), steps)  # pylint: disable=protected-access
+  progs = child_lib._programs(  # pylint: disable=protected-access
+      model, cfg, bool(dataset.augment), steps)
   schedule = optim.child_learning_rate(cfg, steps)
   init_key, data_key, aug_key = jax.random.split(key, 3)
   train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)

@@ -27,8 +27,8 @@ from nas_jax.spaces import base
 VALUE_FAIR = ("an architecture's value is the mean reward over its samples (failed children left "
               "out): every sample is a fresh training, so the best of several samples would rise "
               "with their number and favour a searcher that resamples its favourites")
-VALUE_BEST_OF = ("an architecture's value is the best reward over its samples (failed children left "
-                 "out): biased towards searchers that resample an architecture")
+VALUE_BEST_OF = ("an architecture's value is the best reward over its samples (failed children "
+                 "left out): biased towards searchers that resample an architecture")
 
 
 def _per_arch(rows, value, best_of_samples: bool) -> dict[str, float]:
