@@ -76,7 +76,7 @@ def test_quick_digits_protocol_retrains_the_derived_best_and_resumes_without_rer
   def no_run(cmd, log_path):
     raise AssertionError(f"reran {cmd}")
 
-  monkeypatch.setattr(shared_seeds.protocol_lib, "run_logged", no_run)
+  monkeypatch.setattr(shared_seeds.proto, "run_logged", no_run)
   again = shared_seeds.protocol("digits", root, [0], ["random"],
                                 shared_seeds.QUICK_DIGITS_REFERENCE, cache=False, extra=[],
                                 quick=True)
