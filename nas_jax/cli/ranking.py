@@ -1,14 +1,16 @@
 """Ranking quality of the weight sharing: shared-weights scores against stand-alone training.
 
-  python experiments/ranking.py --root /tmp/rank --n 24 --seeds 0,1
+  python experiments/ranking.py --space digits --root /tmp/rank --n 48 --seeds 0,1
+  python experiments/ranking.py --space ptb --root /tmp/rank_ptb --n 48 --seeds 0,1
 
-1. The weight-sharing search of ``cnn_digits_shared`` with random search (the shared weights
-   trained on uniformly drawn architectures, as the ranking is measured) in ``ROOT/shared``.
+1. The weight-sharing search (``digits``: ``cnn_digits_shared``; ``ptb``: ``rnn_ptb_shared_cpu``,
+   the paper's cell space) with random search (the shared weights trained on uniformly drawn
+   architectures, as the ranking is measured) in ``ROOT/shared``.
 2. ``--n`` architectures drawn uniformly from its space (a fixed key), each scored on the whole
    validation set under the trained shared weights.
-3. The same architectures each trained alone at the exact search's child budget
-   (``cnn_digits``' child: 4 epochs on 1,297 digits, validation accuracy on 250), once per
-   ``--seeds`` seed.
+3. The same architectures each trained alone at the exact search's child budget (``digits``:
+   ``cnn_digits``' child, 4 epochs on 1,297 digits, accuracy on 250; ``ptb``: ``rnn_ptb_cpu``'s,
+   80,000 characters, perplexity on 8,000), once per ``--seeds`` seed.
 
 It prints Kendall's tau and Spearman's rho (95% bootstrap intervals over architectures,
 :mod:`nas_jax.tools.ranking`) between the shared scores and the stand-alone mean, and between the
@@ -30,24 +32,33 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from nas_jax import cli  # pylint: disable=g-import-not-at-top
 
+SPACES = {"digits": "cnn_digits_shared", "ptb": "rnn_ptb_shared_cpu"}
+"""--space -> the weight-sharing config (its child section is the exact search's budget)."""
+
+_SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "The digits CNN space or the "
+                           "paper's recurrent-cell space on character-level PTB.")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the shared search, ranking.json, ranking.png.")
 _N = flags.DEFINE_integer("n", 24, "Architectures drawn uniformly (>= 20 for a measurement).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Stand-alone training seeds (>= 2: the ceiling).")
 _QUICK = flags.DEFINE_boolean("quick", False, "Tiny sizes (cnn_digits_shared:quick; the tests).")
 
 
-def measure(root: str, n: int, seeds: list[int], quick: bool = False) -> dict:
-  """Runs the three parts (see the module docstring); the scores and their correlations."""
+def measure(root: str, n: int, seeds: list[int], quick: bool = False,
+            space_name: str = "digits") -> dict:
+  """Runs the three parts (see the module docstring); the scores and their correlations.
+
+  Pairs where either score is not finite (a cell that diverged) are left out of the statistics.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from nas_jax import config as config_lib, experiment  # pylint: disable=import-outside-toplevel
-  from nas_jax.configs import cnn_digits_shared  # pylint: disable=import-outside-toplevel
+  from nas_jax import configs  # pylint: disable=import-outside-toplevel
   from nas_jax.core import searchers  # pylint: disable=import-outside-toplevel
   from nas_jax.tools import ranking  # pylint: disable=import-outside-toplevel
-  from nas_jax.training import data, evaluators, shared  # pylint: disable=import-outside-toplevel
+  from nas_jax.training import data, shared  # pylint: disable=import-outside-toplevel
 
-  cfg = cnn_digits_shared.get_config("quick" if quick else None)
+  cfg = configs.get_config(SPACES[space_name], "quick" if quick else None)
   cfg.search.searcher = "random"
   workdir = os.path.join(root, "shared")
   experiment.run_search(cfg, workdir, progress=False)
@@ -71,18 +82,22 @@ def measure(root: str, n: int, seeds: list[int], quick: bool = False) -> dict:
     chunk = archs[first:first + m]
     scores = executor.score_all(ws, chunk + [chunk[-1]] * (m - len(chunk)))
     shared_scores += [float(s) for s in np.asarray(scores)[:len(chunk)]]
-  evaluate = evaluators.exact(config.child)
+  evaluate = experiment.evaluator_of(config)   # the exact search's children, its budget
+  name = executor.metric.name
   alone = {}
   for seed in seeds:
     keys = [jax.random.fold_in(jax.random.key(seed), i) for i in range(n)]
-    results = list(evaluate(space, archs, dataset, keys))
-    alone[seed] = [r.metrics["val_accuracy"] for r in results]
-  mean_alone = np.mean([alone[s] for s in seeds], axis=0).tolist()
-  out = {"n": n, "seeds": seeds, "descriptions": [space.describe(a) for a in archs],
-         "shared": shared_scores, "alone": {str(s): v for s, v in alone.items()},
-         "shared_vs_alone": ranking.correlations(shared_scores, mean_alone)}
+    alone[seed] = [r.metrics.get(name) for r in evaluate(space, archs, dataset, keys)]
+  ok = lambda *vs: all(v is not None and np.isfinite(v) for v in vs)
+  mean_alone = [float(np.mean(v)) if ok(*v) else None for v in zip(*alone.values())]
+  both = [(s, a) for s, a in zip(shared_scores, mean_alone) if ok(s, a)]
+  out = {"space": space_name, "metric": name, "n": n, "seeds": seeds,
+         "descriptions": [space.describe(a) for a in archs], "shared": shared_scores,
+         "alone": {str(s): v for s, v in alone.items()},
+         "shared_vs_alone": ranking.correlations(*zip(*both))}
   if len(seeds) >= 2:
-    out["alone_vs_alone"] = ranking.correlations(alone[seeds[0]], alone[seeds[1]])
+    pairs = [(a, b) for a, b in zip(alone[seeds[0]], alone[seeds[1]]) if ok(a, b)]
+    out["alone_vs_alone"] = ranking.correlations(*zip(*pairs))
   return out
 
 
@@ -93,7 +108,8 @@ def _cell(stat: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-  lines = [f"| pair ({result['n']} architectures) | Kendall tau [95% bootstrap] | "
+  lines = [f"| {result['metric']}, {result['space']}: pair ({result['n']} architectures) | "
+           "Kendall tau [95% bootstrap] | "
            "Spearman rho [95% bootstrap] |", "|---|---|---|"]
   pairs = [("shared weights vs stand-alone (mean of seeds)", "shared_vs_alone"),
            ("stand-alone seed vs stand-alone seed (ceiling)", "alone_vs_alone")]
@@ -110,8 +126,9 @@ def plot(result: dict, path: str) -> None:
   ax = fig.add_subplot()
   for seed, vals in result["alone"].items():
     ax.scatter(result["shared"], vals, s=14, label=f"trained alone, seed {seed}")
-  ax.set_xlabel("validation accuracy under the shared weights")
-  ax.set_ylabel("validation accuracy trained alone")
+  metric = result["metric"].replace("_", " ")
+  ax.set_xlabel(f"{metric} under the shared weights")
+  ax.set_ylabel(f"{metric} trained alone")
   ax.legend(fontsize=8)
   fig.savefig(path)
 
@@ -127,7 +144,7 @@ def main(argv):
     cli.fail(f"--seeds must be integers, got {_SEEDS.value}")
   if _N.value < 3:
     cli.fail(f"--n {_N.value}: at least 3 architectures (20 or more for a measurement)")
-  result = measure(_ROOT.value, _N.value, seeds, _QUICK.value)
+  result = measure(_ROOT.value, _N.value, seeds, _QUICK.value, _SPACE.value)
   print(markdown(result))
   with open(os.path.join(_ROOT.value, "ranking.json"), "w") as f:
     json.dump(result, f, indent=1)
