@@ -15,10 +15,13 @@ scored on a validation minibatch of 64 (reward = accuracy, as ENAS; cubed, rewar
 still-poor shared network early on are ~0 and the controller chases noise); finally 32
 architectures are sampled and scored on all 250 validation digits. Controller: Adam 0.005,
 baseline decay 0.8, ENAS's tanh constant 1.5 and an entropy bonus 1e-3 (with Adam 0.01 and no
-bonus the policy's entropy fell from 21 to 2 nats in 40 updates, onto what was trained first).
+bonus the policy's entropy fell from 21 to 2 nats in 40 updates, onto what was trained first;
+2026-12-02, commit 4ee1304).
 Random search with the same shared weights: ``--config.search.searcher=random``.
 
-Runtime and result (2-core CPU, alone, empty compilation cache; seeds 0, 1, 2 by
+Runtime and result (2026-12-03, commit 94e798e, before the digits children drew their initial
+weights on the host on 2026-12-04, so a rerun gives other numbers; 2-core CPU, alone, empty
+compilation cache; seeds 0, 1, 2 by
 ``python experiments/shared_seeds.py --space digits --root /tmp/ws --seeds 0,1,2``): search + derive
 49 ± 6 s; the derived best retrained at the exact search's child budget
 (``cnn_digits_final:search_budget``, 11 s) scores validation 0.960 ± 0.040 and test 0.956 ± 0.055

@@ -7,10 +7,12 @@ retrain of a found cell at the search's child budget.
 Character-level PTB, 2 layers of hidden (and embedding) size 32, one pass over the first 80,000
 training characters (batch 20, BPTT 20, SGD lr 1, clip 5, U(-0.1, 0.1)), validation perplexity on
 the first 8,000 validation characters: the exact search's children, so a cell found by a
-weight-sharing search (``rnn_ptb_shared_cpu.py``) and the exact search's best (9.56 there) are
+weight-sharing search (``rnn_ptb_shared_cpu.py``) and the exact search's best (9.56 there,
+2026-11-28, commit 076e8af) are
 compared at one budget. ``test_ppl`` is on the whole test set at batch 1.
 
-Runtime on the 2-core CPU (loaded by other jobs): 55 s (15 s of training, the rest start-up,
+Runtime on the 2-core CPU (2026-12-02, commit 266660d, as the results after it; loaded by other
+jobs): 55 s (15 s of training, the rest start-up,
 compiling and the batch-1 test pass). Result: the best cell of a ``rnn_ptb_cpu:short`` seed-sweep
 run (``val_ppl`` 9.73 in its search) retrains to validation perplexity 9.16, test 8.63; the cell
 derived by ``rnn_ptb_shared_cpu.py`` (seed 0) to 31.83, test 32.43. ``:long`` trains the same model

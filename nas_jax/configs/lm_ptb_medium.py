@@ -11,7 +11,7 @@ batch 20, gradient norm clipped at 5 (the loss summed over time steps, averaged 
 untied embedding of 650. Target: Zaremba et al. report validation perplexity 86.2 and test 82.7;
 not yet run here (no measured result). Runtime: not measured; on the project's shared 2-core CPU a
 42-step fraction (29,400 tokens) did not finish within 2 minutes (< 300 tokens/s, so > 50 min per
-epoch), hence an accelerator.
+epoch; 2026-12-02, commit f6b982f), hence an accelerator.
 ``:quick``: the same recipe at hidden size 16 on 10,000 training tokens, one epoch (seconds, CPU;
 tests). ``--config.cell=nascell`` or a search's ``summary.json`` trains another cell at this recipe.
 """

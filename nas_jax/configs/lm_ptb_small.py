@@ -3,11 +3,12 @@
   python experiments/train_lm.py --config experiments/configs/lm_ptb_small.py --workdir /tmp/lm_small
 
 SGD lr 1, halved every epoch after the 4th, BPTT 20, batch 20, init U(-0.1, 0.1), gradient norm
-clipped at 5. Runtime: 39 min for the 13 epochs on a 2-core CPU (2,347 s of training, some epochs
-sharing the cores; quiet epochs take 151-163 s at about 6,000 tokens/s). Result (2026-11-27, commit
-6727696, one run; a later rerun gave test 114.79): test perplexity 113.41, validation 119.54 (best
-118.89, epoch 5); the paper reports test perplexity 114.5 (a PyTorch nn.LSTM version on this machine
-ends at 112.6 on this corpus, as measured by the project). ``--config.cell=nascell`` or
+clipped at 5. Runtime (the run of the result below): 39 min for the 13 epochs on a 2-core CPU
+(2,347 s of training, some epochs sharing the cores; quiet epochs take 151-163 s at about
+6,000 tokens/s). Result (2026-11-27, commit 6727696, one run; a later rerun gave test 114.79):
+test perplexity 113.41, validation 119.54 (best 118.89, epoch 5); the paper reports test
+perplexity 114.5 (a PyTorch nn.LSTM version on this machine ends at 112.6 on this corpus, as
+measured by the project on 2026-11-27, commit 6d28f3f). ``--config.cell=nascell`` or
 ``--config.cell=WORKDIR/summary.json`` trains the NASCell or a searched cell instead (no measured
 result). ``:quick`` trains one epoch on 20k tokens (tests). """
 

@@ -18,13 +18,14 @@ characters, zero state) of the first 8,000 validation characters, reward 80 / pp
 cells scored on the whole 8,000 characters, state carried. The third command retrains the
 derived cell at the exact search's child budget (one pass over 80,000 characters).
 
-Runtime and result (2-core CPU, alone, empty compilation cache; seeds 0, 1, 2 by
+Runtime and result (2026-12-03, commit 94e798e; 2-core CPU, alone, empty compilation cache;
+seeds 0, 1, 2 by
 ``python experiments/shared_seeds.py --space ptb --root /tmp/ws --seeds 0,1,2``): search + derive
 53 ± 19 s, retrain 16 s. The shared weights learn no more than the characters' unigram
 frequencies: every derived cell scores validation perplexity 20.07-20.09 under them, the
 controller collapses onto near-all-``mul`` cells, and the derived cell retrains to 25.61 ± 13.50
 (random search with the same weights: 51.95 ± 48.85; the LSTM at the same budget 25.44 ± 11.00;
-the exact ``rnn_ptb_cpu`` search's best, one run: 9.56). docs/weight_sharing.md has the
+the exact ``rnn_ptb_cpu`` search's best, one run, 2026-11-28: 9.56). docs/weight_sharing.md has the
 diagnosis. ``:quick`` is a tiny run for the tests (base-2 cells;
 no measured result).
 """
