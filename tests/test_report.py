@@ -504,3 +504,15 @@ def test_a_module_that_a_workdir_names_is_never_imported(tmp_path):
                         "--space_module=planted"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
   assert out.returncode == 0 and marker.exists(), out.stderr[-2000:]
+
+
+def test_a_weight_sharing_search_reports_its_epochs_not_controller_steps():
+  cfg = {"shared.enabled": True, "shared.epochs": 3, "search.num_steps": 16,
+         "search.children_per_step": 2}
+  rows = [{"step": s, "index": 0, "evaluation": "shared"} for s in range(2)]
+  assert report._steps_done({"rows": rows, "config": cfg}) == "2 of 3 epochs, derive not yet"  # pylint: disable=protected-access
+  rows += [{"step": 2, "index": 0, "evaluation": "shared"},
+           {"step": 3, "index": 0, "evaluation": "derive"}]
+  assert report._steps_done({"rows": rows, "config": cfg}) == "3 of 3 epochs, derive done"  # pylint: disable=protected-access
+  assert report._steps_done({"rows": rows[:1], "config": {"search.num_steps": 16,  # pylint: disable=protected-access
+                                                          "search.children_per_step": 1}}) == "1 of 16"

@@ -226,6 +226,12 @@ def _labels(runs: list[dict]) -> list[str]:
 
 def _steps_done(run: dict) -> str:
   rows, cfg = run["rows"], run["config"]
+  if cfg.get("shared.enabled"):  # a weight-sharing search's steps are its epochs and the derive
+    epochs = cfg.get("shared.epochs")
+    done = len({r["step"] for r in rows})
+    derived = any(r.get("evaluation") == "derive" for r in rows)
+    return (f"{min(done, epochs or done)} of {epochs} epochs"
+            + (", derive done" if derived else ", derive not yet"))
   counts: dict[int, int] = {}
   for r in rows:
     counts[r["step"]] = counts.get(r["step"], 0) + 1
@@ -270,7 +276,7 @@ def _config_rows(runs: list[dict], spaces: list[RunSpace]) -> list[tuple[str, li
       ("data", lambda r, s: r["config"].get("data.name")),
       ("epochs (config)", lambda r, s: epochs(r)),
       ("children per step", lambda r, s: r["config"].get("search.children_per_step")),
-      ("controller steps", lambda r, s: _steps_done(r)),
+      ("steps done", lambda r, s: _steps_done(r)),
       ("architectures evaluated", lambda r, s: len(r["rows"])),
       ("seed", lambda r, s: r["config"].get("seed")),
   ]
