@@ -263,9 +263,13 @@ def _metric_text(rs: RunSpace) -> str:
 
 
 def _config_rows(runs: list[dict], spaces: list[RunSpace]) -> list[tuple[str, list[str]]]:
-  def epochs(run):  # every config section's epochs: which one trained the children is not recorded
-    found = [f"{k.rsplit('.', 1)[0]}: {v}" for k, v in sorted(run["config"].items())
-             if k.endswith(".epochs")]
+  def epochs(run):  # the section that trains the children: shared weights, cell LMs or CNNs
+    cfg = run["config"]
+    section = ("shared" if cfg.get("shared.enabled") else
+               "lm_child" if cfg.get("search_space.name") == "rnn_cell" else "child")
+    if f"{section}.epochs" in cfg:
+      return f"{section}: {cfg[f'{section}.epochs']}"
+    found = [f"{k.rsplit('.', 1)[0]}: {v}" for k, v in sorted(cfg.items()) if k.endswith(".epochs")]
     return ", ".join(found) or None
 
   fields = [
