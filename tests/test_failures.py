@@ -11,7 +11,11 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -433,3 +437,25 @@ def test_a_duplicated_history_row_is_refused_touching_nothing(tmp_path):
     experiment.run_search(fake_config(steps=3), str(workdir), space=MLPSpace(), dataset=_NO_DATA,
                           evaluate_fn=FakeEvaluator(), progress=False)
   assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.7, 1.5])
+def test_ctrl_c_of_the_exact_search_exits_130_without_a_traceback(tmp_path, delay):
+  # children train two at a time in a thread pool; Ctrl-C lands anywhere in a step
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "nas_jax", "search", "--config", "cnn_digits:quick",
+       f"--workdir={tmp_path / 'w'}", "--config.search.num_steps=8",
+       "--config.search.children_per_step=4"], stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:   # the first step's line: the handler is installed, children training
+    lines.append(line)
+    if "step 0 (1 of 8)" in line:
+      break
+  time.sleep(delay)
+  proc.send_signal(signal.SIGINT)
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+  assert "Traceback" not in rest and rest.strip().splitlines()[-1] == (
+      "interrupted; rerun the same command to resume")

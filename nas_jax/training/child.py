@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -232,6 +233,12 @@ def evaluate_many(models: Sequence, dataset: data_lib.Dataset, cfg: TrainConfig,
     for model, key in zip(models, keys):
       yield one(model, key)
     return
-  with concurrent.futures.ThreadPoolExecutor(min(workers, len(models)),
-                                             thread_name_prefix="child") as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(min(workers, len(models)),
+                                              thread_name_prefix="child")
+  try:
     yield from in_order([pool.submit(one, model, key) for model, key in zip(models, keys)])
+  finally:
+    # Ctrl-C can drop this generator where the last reference goes, a worker thread included:
+    # that thread must not wait for itself ("cannot join current thread").
+    pool.shutdown(wait=not threading.current_thread().name.startswith("child_"),
+                  cancel_futures=True)
