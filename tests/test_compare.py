@@ -311,3 +311,11 @@ def test_the_planted_case_a_resampled_architecture_is_valued_at_its_mean(tmp_pat
   res = _cli(f"--workdirs={planted}", "--best_of_samples")
   line = next(l for l in res.stdout.splitlines() if l.startswith(f"| {planted} |"))
   assert line.startswith(f"| {planted} | 1 (one run) | 0.9000 | 0.7500 | 0.7500 |"), line
+
+
+def test_a_reward_constant_rescores_even_an_astronomical_perplexity(tmp_path):
+  rows = [_row(0, (1,), 0.5), _row(1, (2,), 0.1)]
+  rows[0]["val_ppl"], rows[1]["val_ppl"] = 10.0, 1e200   # 1e200 ** 2 overflows a float
+  w = _write(str(tmp_path / "p"), rows, metric=base.PERPLEXITY)
+  loaded = analysis.load_groups({"p": [w]}, reward_constant=80.0)
+  assert [r["reward"] for r in loaded.runs["p"][0]["rows"]] == [pytest.approx(0.8), 0.0]

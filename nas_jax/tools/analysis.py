@@ -307,7 +307,8 @@ def load_groups(groups: dict[str, Sequence[str]], budget: int | None = None,
                          f"by {metric.name}")
     for _, r in every:
       r["rows"] = [{**row, "reward": 0.0 if row["failed"] or row.get(metric.name) is None
-                    else reward_constant / float(row[metric.name]) ** 2} for row in r["rows"]]
+                    else reward_constant / float(row[metric.name]) / float(row[metric.name])}
+                   for row in r["rows"]]   # divided twice: ppl^2 overflows for a ppl of 1e200
   return Groups(r0["metric"], budget, runs)
 
 
