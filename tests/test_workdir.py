@@ -27,6 +27,7 @@ def done(tmp_path, whole):  # noqa: F811
   """A copy of the finished search's workdir."""
   copy = tmp_path / "w"
   subprocess.run(["cp", "-a", str(whole), str(copy)], check=True)
+  (copy / ".lock").write_text("4242\n")   # another process's pid: a refused run leaves it
   return copy
 
 
@@ -89,8 +90,7 @@ def test_a_deleted_steps_log_is_a_warning(done, whole, caplog):  # noqa: F811
 
 
 def test_a_second_search_on_a_workdir_in_use_is_refused(done):
-  holder = workdir_lib.Workdir(str(done), json.loads((done / "config.json").read_text()))
-  holder.open()   # the lock of a search running in this workdir
+  holder = workdir_lib.take_lock(str(done / ".lock"), RuntimeError)   # a running search's lock
   try:
     before = _tree(done)
     with pytest.raises(workdir_lib.WorkdirError, match=f"{done} is in use by another search "

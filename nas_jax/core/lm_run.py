@@ -110,11 +110,12 @@ def run(cfg, workdir: str, *, log_fn: Callable[[str], None] | None = None) -> di
   try:
     lock = workdir_lib.take_lock(os.path.join(workdir, ".lock"), lambda holder: WorkdirError(
         f"workdir {workdir} is in use by another train-lm (pid {holder}); wait for it or use "
-        "another --workdir"))
+        "another --workdir"), mark=False)
   except OSError as e:
     raise _io("lock", os.path.join(workdir, ".lock"), e) from None
   with lock:
     _check_record(workdir, record)   # again, under the lock
+    workdir_lib.mark_lock(lock)
     if os.path.exists(metrics_path):
       with open(metrics_path) as f:
         return json.load(f)

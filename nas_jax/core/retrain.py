@@ -243,8 +243,8 @@ def _locked(out_dir: str):
   os.makedirs(out_dir, exist_ok=True)
   with workdir_lib.take_lock(os.path.join(out_dir, ".lock"), lambda holder: InputError(
       f"--workdir {out_dir} is in use by another train_child.py (pid {holder}); wait for it or "
-      "use another --workdir")):
-    yield
+      "use another --workdir"), mark=False) as lock:
+    yield lock
 
 
 def _write_json(path: str, obj) -> None:
@@ -289,8 +289,9 @@ def run(final, out_dir: str | None = None, *,
   p = plan(final, out_dir, search_workdir=search_workdir, arch=arch, top_k=top_k)
   if dataset is None:
     dataset = data_lib.load(p.final.data, p.split_seed)
-  with _locked(p.out_dir):
+  with _locked(p.out_dir) as lock:
     _check_out_dir(p.out_dir, p.record)  # again, under the lock
+    workdir_lib.mark_lock(lock)
     config_path = os.path.join(p.out_dir, "config.json")
     if not os.path.exists(config_path):
       _write_json(config_path, p.record)

@@ -144,7 +144,7 @@ class Workdir:
     with _io("lock", lock_path):
       self._lock = take_lock(lock_path, lambda holder: WorkdirError(
           f"workdir {self.path} is in use by another search (pid {holder}); wait for it to end "
-          "or use another --workdir"))
+          "or use another --workdir"), mark=False)  # marked once restore() accepts the workdir
     self.check()  # again, under the lock: another search may have just written config.json
     if not os.path.exists(self._file("config.json")):
       _write_atomic(self._file("config.json"), json.dumps(self.record, indent=1, sort_keys=True))
@@ -185,6 +185,8 @@ class Workdir:
     m = self.record["search.children_per_step"]
     start, state = _restore(self._manager, state, logged, self.path, rows,
                             self._rows_per_step or (lambda step: m))
+    with _io("lock", self._file(".lock")):
+      mark_lock(self._lock)
     kept = [r for r in rows if r["step"] < start]
     self._later = [r for r in rows if r["step"] >= start]
     _write_atomic(history_path, "".join(_line(r).decode() for r in rows))  # drops a cut line
@@ -342,10 +344,12 @@ def _line(row: dict) -> bytes:
   return (json.dumps(row) + "\n").encode()
 
 
-def take_lock(path: str, busy: Callable[[str], Exception]):
-  """Opens ``path`` and holds an exclusive ``flock`` on it, with this process's pid written in
-  (a second search, or retrain, on the same folder is refused): the open file, whose closing
-  releases the lock. Raises ``busy(pid of the holder)`` where another process holds it."""
+def take_lock(path: str, busy: Callable[[str], Exception], mark: bool = True):
+  """Opens ``path`` and holds an exclusive ``flock`` on it (a second search, or retrain, on the
+  same folder is refused): the open file, whose closing releases the lock. Raises ``busy(pid of
+  the holder)`` where another process holds it. With ``mark`` this process's pid is written in at
+  once; without, by :func:`mark_lock` once the run is past its checks (a refused run leaves the
+  file as it was)."""
   lock = open(path, "a+")  # pylint: disable=consider-using-with
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -354,11 +358,18 @@ def take_lock(path: str, busy: Callable[[str], Exception]):
     holder = lock.read().strip() or "?"
     lock.close()
     raise busy(holder) from None
+  if mark:
+    mark_lock(lock)
+  return lock
+
+
+def mark_lock(lock) -> None:
+  """Writes this process's pid into the held lock file ``lock`` (what a refused second run
+  names)."""
   lock.seek(0)
   lock.truncate()
   lock.write(f"{os.getpid()}\n")
   lock.flush()
-  return lock
 
 
 def move_aside(path: str, folder: str, what: str, error: BaseException, then: str = "") -> str:
