@@ -4,6 +4,7 @@ decision, searched end to end with a fake reward (no child training)."""
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 
 import numpy as np
@@ -104,10 +105,13 @@ class DepthMLPSpace(MLPSpace):
                    tuple(self.activations[i] for i in v[2::2][:depth]))
 
 
-def test_a_depth_deciding_space_searches_with_masked_steps(tmp_path):
+def test_a_depth_deciding_space_searches_with_masked_steps(tmp_path, caplog):
   space = DepthMLPSpace(layers=3)
-  result = experiment.run_search(quick(steps=2), str(tmp_path), space=space, dataset=NO_DATA,
-                             evaluate_fn=fake_reward)
+  with caplog.at_level(logging.INFO):
+    result = experiment.run_search(quick(steps=2), str(tmp_path), space=space, dataset=NO_DATA,
+                                   evaluate_fn=fake_reward)
+  steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  assert len(steps) == 2 and all("| layers up to 3 (gated) |" in line for line in steps)
   with open(tmp_path / "history.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == result.num_evaluated == 8

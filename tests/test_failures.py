@@ -440,8 +440,11 @@ def test_a_duplicated_history_row_is_refused_touching_nothing(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.7, 1.5])
-def test_ctrl_c_of_the_exact_search_exits_130_without_a_traceback(tmp_path, delay):
+@pytest.mark.parametrize("delay,second", [(0.0, None), (0.7, None), (1.5, None),
+                                          (0.0, 0.05), (0.7, "warned"), (1.5, "exiting")])
+def test_ctrl_c_of_the_exact_search_exits_130_without_a_traceback(tmp_path, delay, second):
+  """One Ctrl-C, or two: at once (0.05 s later), once the first is acknowledged ("warned"), or
+  while the process exits after its last line ("exiting"); each ends in exit 130 and one line."""
   # children train two at a time in a thread pool; Ctrl-C lands anywhere in a step
   proc = subprocess.Popen(
       [sys.executable, "-m", "nas_jax", "search", "--config", "cnn_digits:quick",
@@ -455,7 +458,18 @@ def test_ctrl_c_of_the_exact_search_exits_130_without_a_traceback(tmp_path, dela
       break
   time.sleep(delay)
   proc.send_signal(signal.SIGINT)
-  rest = proc.stderr.read()
+  rest = []
+  if isinstance(second, float):
+    time.sleep(second)
+    proc.send_signal(signal.SIGINT)
+  elif second:
+    wanted = "interrupted: stopping once" if second == "warned" else "interrupted; rerun"
+    for line in proc.stderr:
+      rest.append(line)
+      if wanted in line:
+        proc.send_signal(signal.SIGINT)
+        break
+  rest = "".join(rest) + proc.stderr.read()
   assert proc.wait(timeout=120) == 130, "".join(lines) + rest
   assert "Traceback" not in rest and rest.strip().splitlines()[-1] == (
       "interrupted; rerun the same command to resume")

@@ -182,6 +182,25 @@ def test_report_cell_default_out(cell_workdir):
   assert set(os.listdir(path)) - before == {"report.md", "rewards.png", "best.png"}
 
 
+def _star(fig):
+  """The x, y and legend label of the gold star of a plot_rewards figure."""
+  ax = fig.axes[0]
+  (star,) = [c for c in ax.collections if c.get_label().startswith("best")]
+  return tuple(star.get_offsets()[0]), star.get_label()
+
+
+def test_the_star_of_a_weight_sharing_search_is_its_best_derived_architecture():
+  rows = _cnn_rows(0)
+  for i, r in enumerate(rows):
+    r.update(failed=False, reward=0.1 * (i % 5), evaluation="shared" if i < 6 else "derive")
+  rows[2]["reward"] = 0.99      # one lucky minibatch while the shared weights train
+  rows[8]["reward"] = 0.7       # the best of the derive rows (whole validation set)
+  assert _star(plots.plot_rewards(rows)) == ((8.0, 0.7), "best derived (0.7)")
+  for r in rows:
+    r.pop("evaluation")         # an exact search: every row ranks
+  assert _star(plots.plot_rewards(rows)) == ((2.0, 0.99), "best (0.99)")
+
+
 def test_figures_and_dispatch(tmp_path):
   from toy_space import MLPSpace  # pylint: disable=import-outside-toplevel
   rows = _cnn_rows(0, best=True)

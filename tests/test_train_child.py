@@ -2,12 +2,14 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from nas_jax import config as config_lib, experiment
@@ -245,6 +247,26 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path, search_dir, w
   with pytest.raises(retrain.InputError, match="other architectures"):
     experiment.retrain(_config(), out, search_workdir=search_dir, top_k=2)
   assert open(os.path.join(out, "metrics.json")).read() == before
+
+
+def test_ctrl_c_during_a_checkpoint_write_stops_once_it_is_written(tmp_path, search_dir, whole,
+                                                                    monkeypatch):
+  real_save = ocp.CheckpointManager.save
+
+  def save_with_ctrl_c(self, step, *args, **kwargs):
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C as the checkpoint of epoch 1 is written
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save_with_ctrl_c)
+  out, lines = str(tmp_path / "w"), []
+  with pytest.raises(KeyboardInterrupt):
+    experiment.retrain(_config(), out, search_workdir=search_dir, log_fn=lines.append)
+  assert lines[-1].startswith("rank 1 epoch 1/2")   # stopped after the epoch, its checkpoint whole
+  assert os.listdir(os.path.join(out, "rank1", "checkpoints")) == ["1"]
+  monkeypatch.undo()
+  metrics = experiment.retrain(_config(), out, search_workdir=search_dir)
+  assert _comparable(metrics)["children"] == _comparable(whole)["children"][:1]
 
 
 def _cli(*args):

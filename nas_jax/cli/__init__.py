@@ -13,7 +13,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import signal
 import sys
+from typing import Callable
 
 from nas_jax.configs import NAMES as CONFIG_NAMES
 
@@ -74,6 +76,26 @@ def show_help(module_name: str, doc: str | None) -> None:
   print(flags.FLAGS.module_help(module_name).replace(f"{module_name}:", "flags:", 1))
   print("\n(--helpfull: every flag, absl's and JAX's included)")
   sys.exit(0)
+
+
+def exit_interrupted(message: str = "interrupted; rerun the same command to resume") -> None:
+  """Ctrl-C's end: one line on stderr and exit status 130. A further Ctrl-C while the process
+  exits (files closing, atexit hooks) is ignored, so it cannot end in a traceback or exit -2."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  print(message, file=sys.stderr)
+  sys.exit(130)
+
+
+def run_app(main: Callable[[list[str]], None], resumable: bool = True,
+            flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:
+  """``absl.app.run(main)`` with this package's flag errors (:func:`parse_flags`) and Ctrl-C
+  anywhere as one line and exit 130 (:func:`exit_interrupted`)."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  try:
+    app.run(main, flags_parser=flags_parser or parse_flags)
+  except KeyboardInterrupt:
+    exit_interrupted("interrupted; rerun the same command to resume" if resumable
+                     else "interrupted")
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -23,7 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 from nas_jax import cli
 
@@ -99,7 +99,7 @@ def main(argv):
 
 def run():
   cli.show_help(__name__, __doc__)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, resumable=False)
 
 
 if __name__ == "__main__":

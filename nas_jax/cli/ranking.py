@@ -153,7 +153,7 @@ def main(argv):
 
 def run():
   cli.show_help(__name__, __doc__)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 from nas_jax import cli
 
@@ -93,7 +93,7 @@ def _parse_flags(argv):
 
 def run():
   cli.show_help(__name__, __doc__)
-  app.run(main, flags_parser=_parse_flags)
+  cli.run_app(main, resumable=False, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,7 @@ def main(argv):
   try:
     result = experiment.run_search(_CONFIG.value, _WORKDIR.value)
   except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume", file=sys.stderr)
-    sys.exit(130)
+    cli.exit_interrupted()
   except (config_lib.ConfigError, errors.WorkdirError, errors.ChildrenFailError,
           data.DataUnavailableError, FileNotFoundError, distributed.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -85,7 +84,7 @@ def run():
   if "--nosupervise" not in sys.argv and supervisor.wanted(sys.argv):
     sys.exit(supervisor.supervise([sys.executable, *sys.orig_argv[1:], "--nosupervise"]))
   sys.argv = cli.resolve_config_names(sys.argv)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main)
 
 
 if __name__ == "__main__":

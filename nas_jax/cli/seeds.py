@@ -73,4 +73,4 @@ def main(argv):
 
 def run():
   cli.show_help(__name__, __doc__)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main)

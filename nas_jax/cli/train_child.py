@@ -54,8 +54,7 @@ def main(argv):
     metrics = experiment.retrain(_CONFIG.value, _WORKDIR.value, search_workdir=_SEARCH.value,
                                  arch=_ARCH.value, top_k=_TOP_K.value, log_fn=logging.info)
   except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume", file=sys.stderr)
-    sys.exit(130)
+    cli.exit_interrupted()
   except (errors.InputError, errors.ConfigError, errors.DataUnavailableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -75,7 +74,7 @@ def main(argv):
 def run():
   cli.show_help(__name__, __doc__)
   sys.argv = cli.resolve_config_names(sys.argv)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main)
 
 
 if __name__ == "__main__":

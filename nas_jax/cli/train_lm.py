@@ -41,8 +41,7 @@ def main(argv):
   try:
     metrics = lm_run.run(_CONFIG.value, _WORKDIR.value, log_fn=logging.info)
   except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume", file=sys.stderr)
-    sys.exit(130)
+    cli.exit_interrupted()
   except (errors.WorkdirError, errors.DataUnavailableError, ValueError, TypeError,
           FileNotFoundError) as e:
     cli.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -56,7 +55,7 @@ def main(argv):
 def run():
   cli.show_help(__name__, __doc__)
   sys.argv = cli.resolve_config_names(sys.argv)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main)
 
 
 if __name__ == "__main__":

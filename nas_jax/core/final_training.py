@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nas_jax.core import summaries, workdir as workdir_lib
+from nas_jax.core import loop, summaries, workdir as workdir_lib
 from nas_jax.training import child as child_lib, data as data_lib, optim, trainer
 
 
@@ -48,7 +48,8 @@ def _restore(manager, state, child_dir: str):
 
 def train_child(model, dataset: data_lib.Dataset, cfg: child_lib.TrainConfig, key: jax.Array,
                 child_dir: str, *, keep_checkpoints: int = 2, tensorboard: bool = True,
-                name: str = "", log_fn: Callable[[str], None] | None = None) -> dict:
+                name: str = "", log_fn: Callable[[str], None] | None = None,
+                interrupt: loop.Interrupt | None = None) -> dict:
   """Trains ``model`` from scratch (or on from its last checkpoint) and scores it on the test set.
 
   The epoch loop of ``trainer.fit_classifiers`` with what a final training needs besides: the
@@ -66,6 +67,8 @@ def train_child(model, dataset: data_lib.Dataset, cfg: child_lib.TrainConfig, ke
     tensorboard: write ``child_dir/tensorboard``.
     name: prefix of the progress lines.
     log_fn: callable(str), one line per epoch.
+    interrupt: a :class:`nas_jax.core.loop.Interrupt` checked after each epoch's checkpoint (a
+      Ctrl-C then stops there, never in the middle of a write).
 
   Returns ``{"val_accuracy" (the last epoch's), "test_accuracy", "val_accuracies",
   "train_losses", "param_count", "flops", "seconds", "input_shape", "num_classes"}``; raises
@@ -115,6 +118,8 @@ def train_child(model, dataset: data_lib.Dataset, cfg: child_lib.TrainConfig, ke
       if log_fn:
         log_fn(f"{name}epoch {epoch}/{cfg.epochs} loss {loss:.4f} val_acc {acc:.4f} lr {lr:.4g} "
                f"({time.time() - t0:.1f} s)")
+      if interrupt is not None:
+        interrupt.check()   # a Ctrl-C stops here, with this epoch checkpointed
     return _test_and_save(model, progs, state, meta, dataset, cfg, child_dir, writer)
   finally:
     if writer:

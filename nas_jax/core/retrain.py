@@ -40,7 +40,7 @@ from absl import logging
 
 from nas_jax.errors import InputError  # noqa: F401  (public here too)
 from nas_jax.spaces import base, cnn
-from nas_jax.core import final_training, history, workdir as workdir_lib
+from nas_jax.core import final_training, history, loop, workdir as workdir_lib
 from nas_jax.training import data as data_lib
 
 OUT_DIR = "retrain"            # default output folder inside the search workdir
@@ -296,32 +296,8 @@ def run(final, out_dir: str | None = None, *,
     if not os.path.exists(config_path):
       _write_json(config_path, p.record)
     root = jax.random.key(p.final.seed)
-    results = []
-    for c in p.children:
-      child_dir = os.path.join(p.out_dir, f"rank{c.rank}")
-      result_path = os.path.join(child_dir, "result.json")
-      if os.path.exists(result_path):
-        with open(result_path) as f:
-          results.append(json.load(f))
-        if log_fn:
-          log_fn(f"rank {c.rank}/{len(p.children)}: {c.description}: trained before, its "
-                 f"result read from {result_path}")
-        continue
-      if log_fn:
-        log_fn(f"rank {c.rank}/{len(p.children)}: {c.description} (search reward "
-               f"{'-' if c.search_reward is None else f'{c.search_reward:.4f}'})")
-      model = p.space.build(p.space.from_json(c.arch), dataset.num_classes)
-      out = final_training.train_child(
-          model, dataset, p.final.train, jax.random.fold_in(root, c.rank), child_dir,
-          keep_checkpoints=p.final.keep_checkpoints, tensorboard=p.final.tensorboard,
-          name=f"rank {c.rank} ", log_fn=log_fn)
-      result = {**c._asdict(), **out}
-      _write_json(result_path, result)
-      if log_fn:
-        log_fn(f"rank {c.rank}: val_acc {out['val_accuracy']:.4f} test_acc "
-               f"{out['test_accuracy']:.4f} params {out['param_count']:,} flops "
-               f"{out['flops']:,} ({out['seconds']:.0f} s)")
-      results.append(result)
+    with loop.Interrupt("the epoch in training is checkpointed") as interrupt:
+      results = _train_children(p, dataset, root, interrupt, log_fn)
     keep = ("rank", "tokens", "arch", "description", "search_reward", "val_accuracy",
             "test_accuracy", "val_accuracies", "train_losses", "param_count", "flops", "seconds")
     metrics = {"config": p.record["config"], "source_workdir": p.source_workdir,
@@ -358,3 +334,35 @@ def load_trained(out_dir: str, rank: int = 1):
   variables = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
       os.path.abspath(os.path.join(child_dir, "model")), args=ocp.args.StandardRestore(target))
   return module, variables
+
+
+def _train_children(p: Plan, dataset, root, interrupt, log_fn) -> list[dict]:
+  """Trains (or reads back) each child of the plan ``p``; a Ctrl-C stops after a checkpoint."""
+  results = []
+  for c in p.children:
+    child_dir = os.path.join(p.out_dir, f"rank{c.rank}")
+    result_path = os.path.join(child_dir, "result.json")
+    if os.path.exists(result_path):
+      with open(result_path) as f:
+        results.append(json.load(f))
+      if log_fn:
+        log_fn(f"rank {c.rank}/{len(p.children)}: {c.description}: trained before, its "
+               f"result read from {result_path}")
+      continue
+    if log_fn:
+      log_fn(f"rank {c.rank}/{len(p.children)}: {c.description} (search reward "
+             f"{'-' if c.search_reward is None else f'{c.search_reward:.4f}'})")
+    model = p.space.build(p.space.from_json(c.arch), dataset.num_classes)
+    out = final_training.train_child(
+        model, dataset, p.final.train, jax.random.fold_in(root, c.rank), child_dir,
+        keep_checkpoints=p.final.keep_checkpoints, tensorboard=p.final.tensorboard,
+        name=f"rank {c.rank} ", log_fn=log_fn, interrupt=interrupt)
+    result = {**c._asdict(), **out}
+    _write_json(result_path, result)
+    if log_fn:
+      log_fn(f"rank {c.rank}: val_acc {out['val_accuracy']:.4f} test_acc "
+             f"{out['test_accuracy']:.4f} params {out['param_count']:,} flops "
+             f"{out['flops']:,} ({out['seconds']:.0f} s)")
+    results.append(result)
+    interrupt.check()
+  return results

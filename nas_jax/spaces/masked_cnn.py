@@ -261,7 +261,7 @@ class MaskedCNN:
 
   def param_masks(self, marc: MaskedArch) -> dict:
     """A pytree like the params: 1 where the exact child has a parameter, else 0."""
-    c_img, F, convs = self.image_shape[2], self.max_filters, self.space.convs_per_layer
+    c_img, convs = self.image_shape[2], self.space.convs_per_layer
     masks = {}
     for i in range(self.num_layers):
       window = marc.kernel_masks[i][:, :, None, None]

@@ -60,7 +60,8 @@ def plot_rewards(rows: Sequence[dict], steps: Sequence[dict] | None = None, path
   (``window``: default the larger of 16 and the children per step), and, if ``steps`` (the rows of
   ``steps.jsonl``) have a ``baseline`` (REINFORCE), the baseline each controller step used, plotted
   at the index of the step's last child. A change of depth (CNN schedule) is a dotted vertical line.
-  The best architecture is a star.
+  The best architecture is a star: in a weight-sharing search, the best of the derive rows (scored
+  on the whole validation set), not a score on one minibatch.
 
   Args:
     rows: history rows.
@@ -100,11 +101,14 @@ def plot_rewards(rows: Sequence[dict], steps: Sequence[dict] | None = None, path
     if pts:
       bx, by = zip(*sorted(pts))
       ax.plot(bx, by, color="tab:orange", lw=1.6, label="controller baseline", zorder=5)
-  if len(rows) and not failed.all():
-    ok = np.flatnonzero(~failed)
+  derived = np.array([r.get("evaluation") == "derive" for r in rows], bool)
+  ranked = ~failed & (derived if derived.any() else True)   # see history.ranking_rows
+  if ranked.any():
+    ok = np.flatnonzero(ranked)
     b = ok[np.argmax(rewards[ok])]
     ax.scatter([b], [rewards[b]], s=140, marker="*", color="gold", edgecolors="black",
-               linewidths=0.8, label=f"best ({rewards[b]:.4g})", zorder=6)
+               linewidths=0.8, label=f"best {'derived ' if derived.any() else ''}({rewards[b]:.4g})",
+               zorder=6)
   depths = [r.get("num_layers") for r in rows]
   changes = [i for i in range(1, len(depths)) if depths[i] != depths[i - 1]]
   if changes:
