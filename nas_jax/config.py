@@ -255,7 +255,7 @@ _POSITIVE_INT += ("shared.epochs", "shared.children_per_batch", "shared.derive_s
                   "shared.derive_top_k", "shared.batch_size", "shared.eval_batch_size",
                   "shared.lr_t0", "shared.lr_t_mul")
 _NON_NEGATIVE += ("shared.train_steps", "shared.controller_steps", "shared.lr_min",
-                  "shared.weight_decay", "shared.grad_clip")
+                  "shared.weight_decay", "shared.grad_clip", "shared.num_devices")
 _POSITIVE += ("shared.reward_power", "shared.learning_rate")
 _ENUMS["shared.lr_schedule"] = shared_lib.LR_SCHEDULES
 

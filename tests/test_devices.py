@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from nas_jax import config as config_lib
+from nas_jax import config as config_lib, configs
 from nas_jax.training import evaluators as executors
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -113,3 +113,51 @@ def test_vmap_children_split_over_devices_equal_one_device():
   assert len({tuple(r[1]) for r in results["1"]}) > 1   # distinct children, not one repeated
   assert results["2"] == results["1"]
   assert results["8"] == results["1"]
+
+
+def _shared_search(workdir, config: str, num_devices: int):
+  """A weight-sharing search of 8 architectures per minibatch and per controller step."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "search.py"),
+       "--config", f"experiments/configs/{config}.py:quick", f"--workdir={workdir}",
+       "--config.shared.children_per_batch=8", "--config.search.children_per_step=8",
+       "--config.shared.batch_size=32", f"--config.shared.num_devices={num_devices}"],
+      capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
+  steps = [json.loads(line) for line in open(os.path.join(workdir, "steps.jsonl"))]
+  return rows, steps, out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cnn_digits_shared", "rnn_ptb_shared_cpu"])
+def test_a_shared_search_on_eight_devices_is_the_one_device_search(tmp_path, config):
+  """8 architectures per minibatch, each on its 4 of the 32 examples (streams): on one device,
+  or one per device with the gradients averaged across the 8. The same up to the order of
+  floating-point sums: identical tokens, rewards within 1e-4 relative (accuracies exactly equal
+  here; perplexities move in the 5th digit), training losses within 1e-5."""
+  one, one_steps, _ = _shared_search(tmp_path / "one", config, 1)
+  eight, eight_steps, log = _shared_search(tmp_path / "eight", config, 0)
+  assert "weight sharing on 8 device(s): 8 architecture(s) per minibatch, 1 per device" in log
+  assert len(eight) == len(one) == 2 * 2 * 8 + 3
+  assert [r["tokens"] for r in eight] == [r["tokens"] for r in one]
+  assert [r["reward"] for r in eight] == pytest.approx([r["reward"] for r in one], rel=1e-4)
+  losses = lambda steps: [s["train_loss"] for s in steps if "train_loss" in s]
+  assert losses(eight_steps) == pytest.approx(losses(one_steps), rel=1e-5)
+  assert len(set(r["reward"] for r in one)) > 4   # the children differ: not one score repeated
+
+
+def test_a_batch_that_the_children_cannot_split_is_a_config_error():
+  cfg = configs.get_config("cnn_digits_shared", "quick")
+  cfg.shared.children_per_batch = 3
+  with pytest.raises(config_lib.ConfigError, match="config.shared.batch_size: the minibatch is "
+                     "split among shared.children_per_batch=3"):
+    config_lib.parse(cfg)
+
+
+def test_more_shared_devices_than_the_process_has_is_a_config_error():
+  from nas_jax.training import shared  # pylint: disable=import-outside-toplevel
+  with pytest.raises(config_lib.ConfigError, match="config.shared.num_devices: 1000 asked for"):
+    shared.devices(shared.SharedConfig(num_devices=1000))

@@ -78,6 +78,36 @@ def test_two_processes_give_the_same_trajectory_as_one(tmp_path, one_process_run
   assert not (tmp_path / "p1").exists()   # only process 0 writes
 
 
+_SHARED = ["--config", "experiments/configs/cnn_digits_shared.py:quick",
+           "--config.shared.children_per_batch=2", "--config.search.children_per_step=2"]
+
+
+@pytest.mark.slow
+def test_a_shared_search_over_two_processes_is_the_one_process_search(tmp_path):
+  """Weight sharing over 2 processes of 1 CPU device each: each trains 1 of the minibatch's 2
+  architectures on its half of the examples, the gradients averaged over gloo; the history is
+  the one-process search's (here exactly; in general up to the order of floating-point sums)."""
+  def start(name, *extra):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"), *_SHARED,
+           f"--workdir={tmp_path / name}", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.log", "w"))
+  one = start("one")
+  assert one.wait(timeout=600) == 0, (tmp_path / "one.log").read_text()[-3000:]
+  port = _free_port()
+  procs = [start(f"p{i}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={i}") for i in range(2)]
+  for i, p in enumerate(procs):
+    assert p.wait(timeout=600) == 0, (tmp_path / f"p{i}.log").read_text()[-3000:]
+  assert "weight sharing on 2 device(s): 2 architecture(s) per minibatch, 1 per device" in (
+      tmp_path / "p0.log").read_text()
+  key = lambda r: (r["step"], r["index"], r["tokens"], r["reward"], r.get("evaluation"))
+  assert [key(r) for r in _rows(tmp_path / "p0")] == [key(r) for r in _rows(tmp_path / "one")]
+  losses = lambda w: [s["train_loss"] for s in _rows(w, "steps.jsonl") if "train_loss" in s]
+  assert losses(tmp_path / "p0") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+  assert not (tmp_path / "p1").exists()   # only process 0 writes
+
+
 @pytest.mark.slow
 def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
   # Process 0's workdir belongs to another search: it refuses it, and process 1 must not wait.

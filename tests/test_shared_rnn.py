@@ -95,6 +95,8 @@ def _by_hand(params, space, ops, carry, x_BxT):
 
 
 def test_training_step_averages_the_gradients_of_the_sampled_cells():
+  """2 cells on a window of 4 streams: cell k runs streams 2k and 2k+1 (the batch is split among
+  the cells); the step is the mean of the two exact cell LMs' gradients."""
   cfg = lm.LMConfig(num_layers=1, hidden_size=4, embed_size=4, bptt=6)
   sh = config_lib.SharedConfig(enabled=True, lr_schedule="constant", learning_rate=0.5,
                                momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=0.0,
@@ -103,26 +105,28 @@ def test_training_step_averages_the_gradients_of_the_sampled_cells():
   archs = _archs(SPACE, 2, 5)
   params = _jit(lambda k: shared_rnn.init(SPACE, cfg, VOCAB, k))(jax.random.key(0))
   before = jax.tree.map(np.array, params)
-  ids = ptb.batchify(_corpus().train[:200], 3)
+  ids = ptb.batchify(_corpus().train[:200], 4)
   x, y = ids[:, :6], ids[:, 1:7]
   opt = optim.shared_optimizer(sh, 10, 10).init(params)
-  after, _, carry, nll, ok = progs.train_step(params, opt, shared_rnn.zero_carry(cfg, 2, 3),
+  after, _, carry, nll, ok = progs.train_step(params, opt, shared_rnn.zero_carry(cfg, 2, 2),
                                               shared_rnn.encode(SPACE, archs), x, y,
                                               jax.random.key(1), 0)
   assert bool(ok) and nll.shape == (2,)
   cell = shared_rnn.cell(SPACE, cfg)
 
-  def child_loss(p, ops):   # the per-token NLL of one exact cell LM from a zero state
-    logits, _ = lm.apply(p, ops, lm.init_carry(cell, cfg, 3), x, cell, cfg)
-    return lm._nll_sum(logits, y) / y.size  # pylint: disable=protected-access
-  exact = [_jit(jax.value_and_grad(child_loss))(before, SPACE.ops(a)) for a in archs]
+  def child_loss(p, ops, rows):   # the per-token NLL of one exact cell LM from a zero state
+    logits, _ = lm.apply(p, ops, lm.init_carry(cell, cfg, 2), x[rows], cell, cfg)
+    return lm._nll_sum(logits, y[rows]) / y[rows].size  # pylint: disable=protected-access
+  exact = [_jit(jax.value_and_grad(lambda p, o, r=rows: child_loss(p, o, r)))(before,
+                                                                            SPACE.ops(a))
+           for a, rows in zip(archs, (slice(0, 2), slice(2, 4)))]
   np.testing.assert_allclose(nll, [float(v) for v, _ in exact], rtol=1e-5)
   grads = [g for _, g in exact]
   want = jax.tree.map(lambda p, g0, g1: p - 0.5 * (g0 + g1) / 2, before, *grads)
   for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
   # A non-finite step moves no weight and hands on a zero state.
-  poisoned = jax.tree.map(lambda a: a.at[0].set(jnp.nan), shared_rnn.zero_carry(cfg, 2, 3))
+  poisoned = jax.tree.map(lambda a: a.at[0].set(jnp.nan), shared_rnn.zero_carry(cfg, 2, 2))
   kept, _, carry, _, ok = progs.train_step(jax.tree.map(jnp.asarray, before),
                                            optim.shared_optimizer(sh, 10, 10).init(
                                                params), poisoned,

@@ -27,7 +27,8 @@ DERIVED_KEYS = ("search_space.class", "search_space.module", "metric.name",
 
 # Fields that may differ between the processes of one search (they do not change what is
 # computed), and those that may also change when a run is resumed.
-PER_HOST = ("data.data_dir", "child.num_devices", "child.parallel_children", "search.verbose",
+PER_HOST = ("data.data_dir", "child.num_devices", "shared.num_devices", "child.parallel_children",
+            "search.verbose",
             "search.keep_checkpoints", "search.gather_timeout_s", "search.tensorboard")
 RESUMABLE_CHANGES = PER_HOST + ("search.num_steps",)
 # Fields added after workdirs were written without them, with the value those workdirs ran with.

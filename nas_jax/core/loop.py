@@ -143,10 +143,10 @@ class Progress:
     return sum(self.m * self.child_seconds(self.depth_of(s)) + self.t_controller
                for s in range(step + 1, self.num_steps))
 
-  def log(self, step, depth: str, rewards, metrics, info, best, step_row):
-    """``depth``: the step's layers as the line shows them (e.g. "4", or "up to 3 (gated)")."""
+  def log(self, step, num_layers, rewards, metrics, info, best, step_row, gated=False):
+    """``gated``: the space's decisions choose each child's depth, up to ``num_layers``."""
     if step_row["children"]:
-      totals = self.per_depth.setdefault(step_row["num_layers"], [0.0, 0])
+      totals = self.per_depth.setdefault(num_layers, [0.0, 0])
       totals[0] += step_row["children_seconds"]
       totals[1] += step_row["children"]
     self.t_controller = step_row["controller_seconds"]
@@ -155,7 +155,8 @@ class Progress:
     line = ("step %d (%d of %d) | layers %s | reward mean %.4f max %.4f | baseline %s -> %s | "
             "entropy %.2f | loss %s | best %.4f | %.1f children/min | controller %.0f ms | "
             "elapsed %s | eta %s")
-    args = (step, step + 1, self.num_steps, depth, rewards.mean(), rewards.max(),
+    args = (step, step + 1, self.num_steps,
+            f"up to {num_layers} (gated)" if gated else num_layers, rewards.mean(), rewards.max(),
             fmt(metrics.get("baseline")), fmt(metrics.get("new_baseline")), info["entropy"],
             fmt(metrics.get("loss")), best["reward"] if best else 0.0, rate,
             step_row["controller_seconds"] * 1e3, duration(elapsed), duration(self.eta(step)))

@@ -106,9 +106,8 @@ def _run(config, workdir, cluster, space, searcher, evaluator, dataset, show):
       loop.stop_if_all_raised(kept)
       loop.stop_if_most_raised(step_rows)
       interrupt.check()
-      depth = (f"up to {num_layers} (gated)" if any(s.gate >= 0 for s in plan)  # chosen per child
-               else str(num_layers))
-      progress.log(step, depth, rewards, metrics, info, history.best_row(kept), step_row)
+      progress.log(step, num_layers, rewards, metrics, info, history.best_row(kept), step_row,
+                   gated=any(s.gate >= 0 for s in plan))  # the children's depths are chosen
     wd.finish(kept, max(start, num_steps))
   return loop.SearchResult(history.best_row(kept), len(kept), workdir, metric)
 

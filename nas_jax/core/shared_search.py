@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas_jax import errors, runtime
-from nas_jax.core import history, loop as loop_lib, workdir as workdir_lib
+from nas_jax import runtime
+from nas_jax.core import distributed, history, loop as loop_lib, workdir as workdir_lib
 from nas_jax.training import data as data_lib, shared as shared_lib
 
 SHARED, DERIVE = "shared", "derive"   # the "evaluation" of a history row
@@ -75,15 +75,24 @@ def run(config, workdir: str, *, space, searcher, executor_class, dataset=None,
   Returns:
     A :class:`nas_jax.core.loop.SearchResult` whose ``best`` is the best derived row.
   """
-  if jax.process_count() > 1:
-    raise errors.ConfigError("config.shared.enabled: the weight-sharing search runs in one "
-                             "process; start it without --distributed")
+  cluster = distributed.current()
+  try:
+    return _run(config, workdir, cluster, space, searcher, executor_class, dataset, reward_fn,
+                progress)
+  except BaseException as e:  # the other processes stop too, instead of waiting for this one
+    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    cluster.abort(f"process {cluster.index} stopped: {why}")
+    raise
+
+
+def _run(config, workdir, cluster, space, searcher, executor_class, dataset, reward_fn,
+         progress):
   sh, m = config.shared, config.search.children_per_step
   metric = executor_class.metric
   record = workdir_lib.config_record(config, space, metric)
   rows_per_phase = sh.controller_steps * m
   wd = workdir_lib.open_workdir(
-      workdir, record, config.search, True, space,
+      workdir, record, config.search, cluster.is_primary, space,
       rows_per_step=lambda s: rows_per_phase if s < sh.epochs else sh.derive_samples,
       summarize=lambda rows: summarize(rows, sh.derive_top_k))
   wd.check()
@@ -92,12 +101,17 @@ def run(config, workdir: str, *, space, searcher, executor_class, dataset=None,
   settings = shared_lib.Settings(sh, m, config.lm_child)
   loop = _Loop(settings, config.seed, space, searcher, executor_class, dataset, reward_fn)
   loop.show = progress
+  d = len(getattr(loop.ex, "devices", ())) or 1
+  runtime.log_progress(progress, "weight sharing on %d device(s): %d architecture(s) per "
+                       "minibatch, %d per device", d, sh.children_per_batch,
+                       sh.children_per_batch // d)
   with wd, loop_lib.Interrupt() as interrupt:
     wd.open()
-    start, state, rows = wd.restore(loop.init_state())
-    # A restored array is committed to its device, a new one is not: the programs would compile
-    # again for the restored state (jit's cache keys on it). Through the host, both are alike.
-    state = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state)
+    start, state, rows = cluster.share_start(*wd.restore(loop.init_state()),
+                                             history.run_digest(record),
+                                             config.search.gather_timeout_s)
+    state = {"searcher": jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state["searcher"]),
+             **loop.ex.place.state({k: v for k, v in state.items() if k != "searcher"})}
     kept = [r for r in rows if r["step"] < start]
     loop.reusable = {(r["step"], r["index"]): r for r in rows if r["step"] >= start}
     t_run, done = time.time(), 0
@@ -111,7 +125,8 @@ def run(config, workdir: str, *, space, searcher, executor_class, dataset=None,
       done += step_row["children"]
       rate = done / max(time.time() - t_run, 1e-9) * 3600
       step_row["seconds"] = round(time.time() - t0, 4)
-      wd.end_step(phase, state, step_row, step_rows, kept, metric, rate)
+      wd.end_step(phase, state if cluster.count == 1 else jax.tree.map(np.asarray, state),
+                  step_row, step_rows, kept, metric, rate)  # several: process 0's replica
       interrupt.check()
       loop.log(phase, step_row, kept, time.time() - t_run, phase - start + 1)
     wd.finish(kept, sh.epochs + 1)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple, Protocol, Sequence
 
+import jax
 import numpy as np
+from absl import logging
 
 from nas_jax.errors import ConfigError
 from nas_jax.spaces import base
@@ -42,6 +44,15 @@ class SharedConfig:
   ``learning_rate`` under ``lr_schedule``: constant, cosine (to ``lr_min`` over all the
   training steps) or sgdr (cosine restarts, first period ``lr_t0`` epochs, each next one
   ``lr_t_mul`` times longer: ENAS's). ``search.num_steps`` is not used.
+
+  Devices (TuNAS's layout, Bender et al. 2020): the minibatch is split among the
+  ``children_per_batch`` architectures, each training on its ``batch_size / children_per_batch``
+  examples (CNN) or streams (cells); with several devices each holds ``children_per_batch / d``
+  of them and their shard of the batch, and the shared weights' gradients are averaged across
+  the devices. ``num_devices``: how many local devices (0: every one that the children can be
+  split over evenly). The controller steps' and the derive's ``search.children_per_step``
+  architectures are split over the same devices where they divide evenly. One device or several
+  compute the same step, up to the order of floating-point sums.
 
   The recurrent-cell space (``nas_jax.training.shared_rnn``): one language model of
   ``lm_child``'s shape (layers, sizes, dropout, ``bptt``) holds every cell's weights; a minibatch
@@ -72,6 +83,7 @@ class SharedConfig:
   weight_decay: float = 1e-4
   grad_clip: float = 0.0
   fast_compile: bool = False
+  num_devices: int = 0
 
   def __post_init__(self):  # the ranges of single fields: nas_jax.config.parse
     if not 0 <= self.momentum < 1:
@@ -79,6 +91,10 @@ class SharedConfig:
     if self.derive_top_k > self.derive_samples:
       raise ConfigError(f"config.shared.derive_top_k: must be <= shared.derive_samples "
                         f"({self.derive_samples}), got {self.derive_top_k}")
+    if self.batch_size % self.children_per_batch:
+      raise ConfigError(f"config.shared.batch_size: the minibatch is split among "
+                        f"shared.children_per_batch={self.children_per_batch} architectures; make "
+                        f"it a multiple of that, got {self.batch_size}")
     if self.lr_min > self.learning_rate:
       raise ConfigError(f"config.shared.lr_min: must be <= shared.learning_rate "
                         f"({self.learning_rate}), got {self.lr_min}")
@@ -125,6 +141,70 @@ class Executor(Protocol):
     """The history row's metric fields and ``param_count``."""
 
 
+def devices(sh: SharedConfig) -> list:
+  """The devices the shared search runs on (see :class:`SharedConfig`): the first
+  ``sh.num_devices`` local ones (0: the most, up to all, that ``children_per_batch`` divides
+  evenly; a warning names the idle ones). With several processes (``jax.distributed``), every
+  device of every process, which ``children_per_batch`` must divide."""
+  n = sh.children_per_batch
+  if jax.process_count() > 1:
+    every = jax.devices()
+    if sh.num_devices or n % len(every):
+      raise ConfigError(f"config.shared.children_per_batch: with {jax.process_count()} processes "
+                        f"the shared weights train on all {len(every)} devices, one share of "
+                        f"the architectures each; make it a multiple of {len(every)} (and leave "
+                        f"shared.num_devices at 0), got {n}")
+    return every
+  local = jax.local_devices()
+  if sh.num_devices > len(local):
+    raise ConfigError(f"config.shared.num_devices: {sh.num_devices} asked for, this process has "
+                      f"{len(local)} ({local[0].platform}); use 0 for all of them")
+  if sh.num_devices:
+    if n % sh.num_devices:
+      raise ConfigError(f"config.shared.children_per_batch: {n} architectures per minibatch "
+                        f"cannot be split over shared.num_devices={sh.num_devices}; make it a "
+                        f"multiple of {sh.num_devices}")
+    return local[:sh.num_devices]
+  d = max(k for k in range(1, len(local) + 1) if n % k == 0)
+  if d < len(local):
+    logging.warning("config.shared.children_per_batch=%d: the weight-sharing search uses %d of "
+                    "the %d local devices; make it a multiple of %d to use them all", n, d,
+                    len(local), len(local))
+  return local[:d]
+
+
+class Placement:
+  """Puts the shared programs' inputs where they run: on one device as they are; over several
+  devices replicated on all (with several processes as global arrays, built from this process's
+  copy: every process holds the same data, architectures and state). The programs split what
+  belongs to each device themselves."""
+
+  def __init__(self, devs):
+    self.devices = tuple(devs)
+    self.sharding = None
+    if len(self.devices) > 1:
+      mesh = jax.sharding.Mesh(np.asarray(self.devices), ("children",))
+      self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def __call__(self, tree):
+    return tree if self.sharding is None else jax.tree.map(self._put, tree)
+
+  def state(self, ws):
+    """The shared weights' state (restored, or initialised) through the host, then placed. (A
+    restored array is committed to its device, a new one is not: jit's cache would compile
+    again for the restored state. Through the host both are alike.)"""
+    return self(jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), ws))
+
+  def _put(self, a):
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(self._put(jax.random.key_data(a)),
+                                      impl=jax.random.key_impl(a))
+    if jax.process_count() == 1:
+      return jax.device_put(a, self.sharding)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, self.sharding, lambda idx: host[idx])
+
+
 def program_settings(sh: SharedConfig) -> SharedConfig:
   """``sh`` with the fields the compiled programs do not read at their defaults: searches that
   differ only in the schedule's lengths share one compiled program."""
@@ -133,7 +213,7 @@ def program_settings(sh: SharedConfig) -> SharedConfig:
                              children_per_batch=d.children_per_batch,
                              controller_steps=d.controller_steps, derive_samples=d.derive_samples,
                              derive_top_k=d.derive_top_k, batch_size=d.batch_size,
-                             eval_batch_size=d.eval_batch_size)
+                             eval_batch_size=d.eval_batch_size, num_devices=d.num_devices)
 
 
 def check_space(space, config=None) -> None:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nas_jax.errors import ConfigError
 from nas_jax.spaces import base
 from nas_jax.spaces.cnn import CNNArch
 from nas_jax.spaces.masked_cnn import MaskedArch, MaskedCNN, exact_param_count, stack_archs
@@ -86,31 +87,59 @@ class Programs(NamedTuple):
   eval_step: object   # (params, marcs_M, images, labels, idx_B, valid_B) -> correct_M
 
 
-
-
 @functools.lru_cache(maxsize=8)
 def programs(net: MaskedCNN, cfg, augment: bool, steps_per_epoch: int,
-             total_steps: int) -> Programs:
-  """The jitted train and eval programs of the shared network ``net`` (``cfg``: SharedConfig)."""
+             total_steps: int, devices: tuple = ()) -> Programs:
+  """The jitted train and eval programs of the shared network ``net`` (``cfg``: SharedConfig).
+
+  ``train_step``: the minibatch of B examples is split among the N children (child n trains on
+  examples n B/N to (n+1) B/N, BatchNorm on those); the loss is the mean over all of them. With
+  several ``devices`` each holds N / len(devices) children and their examples (``shard_map``):
+  it computes its mean loss and gradients, which are averaged across the devices (``pmean``),
+  so the update is one device's up to the order of the sums. ``eval_step`` splits its M children
+  over the devices where M divides evenly (no communication).
+  """
   tx = optim.shared_optimizer(cfg, steps_per_epoch, total_steps)
+  stats = batch_stats_placeholder(net)
+
+  def grads(params, marcs_n, x_n, y_n):
+    """Mean loss and gradients of n children, child k on its examples x_n[k]."""
+    def loss_fn(p):
+      logits_nxbxK = jax.vmap(lambda m, x: net.apply(p, stats, m, x, train=True)[0])(marcs_n, x_n)
+      return optax.softmax_cross_entropy_with_integer_labels(logits_nxbxK, y_n).mean()
+    loss, g = jax.value_and_grad(loss_fn)(params)
+    if len(devices) > 1:
+      loss, g = jax.lax.pmean((loss, g), "children")
+    return loss, g
+
+  def correct(params, marcs_M, x, y, valid_B):
+    logits = apply_children(net, params, marcs_M, x)
+    return jnp.sum((jnp.argmax(logits, -1) == y) & valid_B, axis=-1)
+
+  split = correct
+  if len(devices) > 1:
+    c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
+    mesh = trainer.children_mesh(devices)
+    grads = jax.shard_map(grads, mesh=mesh, in_specs=(r, c, c, c), out_specs=(r, r),
+                          check_vma=False)
+    split = jax.shard_map(  # every device (and process) gets every child's count
+        lambda *a: jax.lax.all_gather(correct(*a), "children", tiled=True), mesh=mesh,
+        in_specs=(r, c, r, r, r), out_specs=r, check_vma=False)
 
   def train_step(params, opt_state, marcs_N, images, labels, idx_B, key, step):
     x, y = images[idx_B], labels[idx_B]
     if augment:
       x = data_lib.augment_batch(jax.random.fold_in(key, step), x)
-
-    def loss_fn(p):
-      logits_NxBxK = apply_children(net, p, marcs_N, x)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits_NxBxK, jnp.broadcast_to(y, logits_NxBxK.shape[:2])).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    n = marcs_N.connections.shape[0]
+    loss, g = grads(params, marcs_N, x.reshape((n, -1) + x.shape[1:]), y.reshape(n, -1))
+    updates, opt_state = tx.update(g, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   def eval_step(params, marcs_M, images, labels, idx_B, valid_B):
-    logits = apply_children(net, params, marcs_M, images[idx_B])
-    return jnp.sum((jnp.argmax(logits, -1) == labels[idx_B]) & valid_B, axis=-1)
+    x, y = images[idx_B], labels[idx_B]
+    if len(devices) > 1 and marcs_M.connections.shape[0] % len(devices) == 0:
+      return split(params, marcs_M, x, y, valid_B)
+    return correct(params, marcs_M, x, y, valid_B)
 
   opts = trainer.conv_compiler_options(cfg.fast_compile)
   return Programs(jax.jit(train_step, donate_argnums=(0, 1), compiler_options=opts),
@@ -136,11 +165,13 @@ def eval_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]
 
 
 def accuracy(progs: Programs, params, marcs_M: MaskedArch, images, labels,
-             batch_size: int) -> np.ndarray:
-  """Accuracy_M of M children on all of ``images`` (batches of :func:`eval_batches`)."""
+             batch_size: int, place=lambda t: t) -> np.ndarray:
+  """Accuracy_M of M children on all of ``images`` (batches of :func:`eval_batches`; ``place``:
+  where the batches' indices go, :class:`nas_jax.training.shared.Placement`)."""
   correct = 0
   for idx, valid in eval_batches(images.shape[0], batch_size):
-    correct = correct + progs.eval_step(params, marcs_M, images, labels, idx, valid)
+    correct = correct + np.asarray(progs.eval_step(params, marcs_M, images, labels,
+                                                   *place((idx, valid))))
   return np.asarray(correct) / images.shape[0]
 
 
@@ -201,17 +232,22 @@ class Executor:
     image_shape = tuple(int(d) for d in dataset.train_images.shape[1:])
     self.net = MaskedCNN(space, self.num_layers, image_shape, dataset.num_classes)
     self.image_channels, self.num_classes = image_shape[2], dataset.num_classes
-    n = dataset.train_images.shape[0]
-    self.bs = min(sh.batch_size, n)
+    n, per = dataset.train_images.shape[0], sh.children_per_batch
+    self.bs = min(sh.batch_size, n // per * per)   # split evenly among the batch's children
+    if not self.bs:
+      raise ConfigError(f"config.shared.children_per_batch: {per} architectures per minibatch, "
+                        f"but only {n} training examples; lower it")
     self.steps_per_epoch = n // self.bs
     self.train_steps = sh.train_steps or self.steps_per_epoch
     total = sh.epochs * self.train_steps
+    self.place = shared_lib.Placement(shared_lib.devices(sh))
+    self.devices = self.place.devices
     self.progs = programs(self.net, sh, bool(dataset.augment), self.steps_per_epoch,
-                                     total)
+                          total, self.devices)
     self.tx = optim.shared_optimizer(sh, self.steps_per_epoch, total)
-    self.train_x, self.train_y = jnp.asarray(dataset.train_images), jnp.asarray(
-        dataset.train_labels)
-    self.val_x, self.val_y = jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels)
+    self.train_x, self.train_y, self.val_x, self.val_y, self.aug_key = self.place(
+        (jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels),
+         jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels), keys["aug"]))
     self.eval_bs = min(sh.eval_batch_size, self.val_x.shape[0])
     self._perm = (None, None)
 
@@ -231,9 +267,9 @@ class Executor:
     return rng.permutation(self.val_x.shape[0])[:self.eval_bs]
 
   def train_step(self, ws: dict, archs, g: int):
+    marcs, idx = self.place((encode(self.net, archs), self._train_indices(g)))
     params, opt_state, loss = self.progs.train_step(
-        ws["params"], ws["opt_state"], encode(self.net, archs), self.train_x,
-        self.train_y, self._train_indices(g), self.keys["aug"], g)
+        ws["params"], ws["opt_state"], marcs, self.train_x, self.train_y, idx, self.aug_key, g)
     return {**ws, "params": params, "opt_state": opt_state}, loss
 
   def loss_fields(self, losses: list, phase: int) -> dict:
@@ -246,13 +282,13 @@ class Executor:
 
   def score(self, ws: dict, archs, j: int) -> np.ndarray:
     idx = self._val_indices(j)
-    correct = self.progs.eval_step(ws["params"], encode(self.net, archs), self.val_x,
-                                   self.val_y, idx, np.ones(len(idx), bool))
+    marcs, idx, valid = self.place((encode(self.net, archs), idx, np.ones(len(idx), bool)))
+    correct = self.progs.eval_step(ws["params"], marcs, self.val_x, self.val_y, idx, valid)
     return np.asarray(correct) / len(idx)
 
   def score_all(self, ws: dict, archs) -> np.ndarray:
-    return accuracy(self.progs, ws["params"], encode(self.net, archs),
-                               self.val_x, self.val_y, self.eval_bs)
+    return accuracy(self.progs, ws["params"], self.place(encode(self.net, archs)),
+                    self.val_x, self.val_y, self.eval_bs, self.place)
 
   def reward(self, acc: float) -> float:
     return float(acc) ** self.sh.reward_power

@@ -11,11 +11,13 @@ ops arrays (and states) with the shared weights broadcast (``in_axes=None``).
 
 Training (:func:`programs`' ``train_step``): one SGD step (``config.shared``'s optimiser,
 :func:`nas_jax.training.optim.shared_optimizer`) on one BPTT window of the training stream for
-N freshly sampled cells, the loss the mean over the N cells of the per-token NLL (ENAS's and
-AWD-LSTM's scale, so ENAS's learning rate 20 and clipping at 0.25 apply; ``lm.py`` sums over
-time, Zaremba et al.'s). Hidden state: carried from window to window as ENAS does (reset to zero
-at the start of each pass over the training text), one state per sampled-cell slot; the state a
-window hands on came from another cell, as in ENAS. A step whose loss or gradient is not finite
+N freshly sampled cells, the window's streams split among them (cell n runs its B/N streams;
+ENAS: N = 1), the loss the per-token NLL (ENAS's and AWD-LSTM's scale, so ENAS's learning rate 20
+and clipping at 0.25 apply; ``lm.py`` sums over time, Zaremba et al.'s); with several devices
+each holds N/d cells and their streams, the gradients averaged across devices. Hidden state:
+carried from window to window as ENAS does (reset to zero at the start of each pass over the
+training text), one state per stream; the state a window hands on came from another cell, as in
+ENAS. A step whose loss or gradient is not finite
 (a cell of ``mul``/``relu`` nodes can overflow) changes no weight, and a slot whose state is not
 finite hands on a zero state: one bad cell never poisons the shared weights.
 
@@ -65,20 +67,23 @@ def zero_carry(cfg: lm.LMConfig, m: int, batch: int):
   return tuple((z(), z()) for _ in range(cfg.num_layers))
 
 
-def apply_children(params, ops_MxO, carry_M, inputs_BxT, lm_cell: lm.Cell, cfg: lm.LMConfig,
+def apply_children(params, ops_MxO, carry_M, inputs, lm_cell: lm.Cell, cfg: lm.LMConfig,
                    keys_M=None):
-  """(logits_MxTxBxV, carry_M) of M cells sharing ``params`` on one window (``lm.apply``);
-  ``keys_M`` (one dropout key per child) or None (no dropout)."""
+  """(logits_MxTxBxV, carry_M) of M cells sharing ``params`` on one window (``lm.apply``):
+  ``inputs`` BxT (every cell on the same streams) or MxBxT (cell k on its own streams
+  ``inputs[k]``); ``keys_M`` (one dropout key per child) or None (no dropout)."""
+  x_axis = 0 if inputs.ndim == 3 else None
   if keys_M is None:
-    return jax.vmap(lambda o, c: lm.apply(params, o, c, inputs_BxT, lm_cell, cfg),
-                    in_axes=(0, 0))(ops_MxO, carry_M)
-  return jax.vmap(lambda o, c, k: lm.apply(params, o, c, inputs_BxT, lm_cell, cfg, k),
-                  in_axes=(0, 0, 0))(ops_MxO, carry_M, keys_M)
+    return jax.vmap(lambda o, c, x: lm.apply(params, o, c, x, lm_cell, cfg),
+                    in_axes=(0, 0, x_axis))(ops_MxO, carry_M, inputs)
+  return jax.vmap(lambda o, c, x, k: lm.apply(params, o, c, x, lm_cell, cfg, k),
+                  in_axes=(0, 0, x_axis, 0))(ops_MxO, carry_M, inputs, keys_M)
 
 
-def _nll_sums(logits_MxTxBxV, targets_BxT):
-  return jax.vmap(lm._nll_sum, in_axes=(0, None))(  # pylint: disable=protected-access
-      logits_MxTxBxV, targets_BxT)
+def _nll_sums(logits_MxTxBxV, targets):
+  """NLL sum of each of M children; ``targets`` BxT (shared) or MxBxT (each child its own)."""
+  return jax.vmap(lm._nll_sum, in_axes=(0, 0 if targets.ndim == 3 else None))(  # pylint: disable=protected-access
+      logits_MxTxBxV, targets)
 
 
 class Programs(NamedTuple):
@@ -90,23 +95,55 @@ class Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int,
-             sh: shared_lib.SharedConfig, steps_per_epoch: int, total_steps: int) -> Programs:
-  """The jitted train and eval programs of the shared LM (``sh``: the SharedConfig)."""
+             sh: shared_lib.SharedConfig, steps_per_epoch: int, total_steps: int,
+             devices: tuple = ()) -> Programs:
+  """The jitted train and eval programs of the shared LM (``sh``: the SharedConfig).
+
+  ``train_step``: the window's B streams are split among the N cells (cell n runs streams
+  n B/N to (n+1) B/N, its state carried on them); the loss is the mean per-token NLL. With
+  several ``devices`` each holds N / len(devices) cells and their streams (``shard_map``), and
+  the loss and gradients are averaged across them (``pmean``). ``eval_step`` splits its M cells
+  over the devices where M divides evenly (no communication).
+  """
   lm_cell, tx = cell(space, cfg), optim.shared_optimizer(sh, steps_per_epoch, total_steps)
   use_dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
+  several = len(devices) > 1
+
+  def grads(params, carry_n, ops_n, x_n, y_n, *keys_n):
+    def loss_fn(p):
+      logits, new_carry = apply_children(p, ops_n, carry_n, x_n, lm_cell, cfg,
+                                         keys_n[0] if keys_n else None)
+      nll_n = _nll_sums(logits, y_n) / y_n[0].size
+      return nll_n.mean(), (new_carry, nll_n)
+    (loss, (new_carry, nll_n)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if several:
+      loss, g = jax.lax.pmean((loss, g), "children")
+    return loss, g, new_carry, nll_n
+
+  def eval_children(params, ops_MxO, carry_M, inputs, targets):
+    logits, carry = apply_children(params, ops_MxO, carry_M, inputs, lm_cell, cfg)
+    return carry, _nll_sums(logits, targets)
+
+  split_eval = eval_children
+  if several:
+    c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
+    mesh = trainer.children_mesh(devices)
+    gather = lambda tree: jax.tree.map(  # every device (and process) gets every cell's part
+        lambda a: jax.lax.all_gather(a, "children", tiled=True), tree)
+    local_grads = grads
+    grads = jax.shard_map(lambda *a: (lambda l, g, cy, n: (l, g, *gather((cy, n))))(
+        *local_grads(*a)), mesh=mesh, in_specs=(r, c, c, c, c) + ((c,) if use_dropout else ()),
+        out_specs=(r, r, r, r), check_vma=False)
+    split_eval = jax.shard_map(lambda *a: gather(eval_children(*a)), mesh=mesh,
+                               in_specs=(r, c, c, r, r), out_specs=(r, r), check_vma=False)
 
   def train_step(params, opt_state, carry_N, ops_NxO, inputs, targets, key, step):
-    keys = (jax.random.split(jax.random.fold_in(key, step), ops_NxO.shape[0]) if use_dropout
-            else None)
-
-    def loss_fn(p):
-      logits, new_carry = apply_children(p, ops_NxO, carry_N, inputs, lm_cell, cfg, keys)
-      nll_N = _nll_sums(logits, targets) / targets.size
-      return nll_N.mean(), (new_carry, nll_N)
-
-    (loss, (new_carry, nll_N)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    n = ops_NxO.shape[0]
+    keys = ((jax.random.split(jax.random.fold_in(key, step), n),) if use_dropout else ())
+    x_n, y_n = (a.reshape((n, -1) + a.shape[1:]) for a in (inputs, targets))
+    loss, g, new_carry, nll_N = grads(params, carry_N, ops_NxO, x_n, y_n, *keys)
+    updates, new_opt = tx.update(g, opt_state, params)
+    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(g))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     params, opt_state = keep(optax.apply_updates(params, updates), params), keep(new_opt, opt_state)
     new_carry = jax.lax.stop_gradient(new_carry)
@@ -116,8 +153,9 @@ def programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int,
     return params, opt_state, new_carry, nll_N, ok
 
   def eval_step(params, ops_MxO, carry_M, inputs, targets):
-    logits, carry = apply_children(params, ops_MxO, carry_M, inputs, lm_cell, cfg)
-    return carry, _nll_sums(logits, targets)
+    if several and ops_MxO.shape[0] % len(devices) == 0:
+      return split_eval(params, ops_MxO, carry_M, inputs, targets)
+    return eval_children(params, ops_MxO, carry_M, inputs, targets)
 
   opts = {"xla_backend_optimization_level": 0} if sh.fast_compile else None
   return Programs(jax.jit(functools.partial(init, space, cfg, vocab_size), compiler_options=opts),
@@ -163,8 +201,11 @@ class Executor:
     self.val_windows = ptb.num_segments(self.val_stream, cfg.bptt)
     self.steps_per_epoch = self.windows
     self.train_steps = sh.train_steps or self.windows
-    self.progs = programs(space, cfg, self.vocab_size, shared_lib.program_settings(sh), self.steps_per_epoch,
-                          sh.epochs * self.train_steps)
+    self.place = shared_lib.Placement(shared_lib.devices(sh))
+    self.devices = self.place.devices
+    self.dropout_key = self.place(keys["dropout"])
+    self.progs = programs(space, cfg, self.vocab_size, shared_lib.program_settings(sh),
+                          self.steps_per_epoch, sh.epochs * self.train_steps, self.devices)
     self.tx = optim.shared_optimizer(sh, self.steps_per_epoch, sh.epochs * self.train_steps)
     self.param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(
         lambda k: init(space, cfg, self.vocab_size, k), jax.random.key(0))))
@@ -173,16 +214,20 @@ class Executor:
   def init(self) -> dict:
     params = self.progs.init(self.keys["weights"])
     return {"params": params, "opt_state": self.tx.init(params),
-            "carry": zero_carry(self.cfg, self.sh.children_per_batch, self.sh.batch_size)}
+            "carry": self._train_carry(self.sh.children_per_batch)}
+
+  def _train_carry(self, n: int):
+    """The zero state of n training cells, each on its batch_size / n streams."""
+    return self.place(zero_carry(self.cfg, n, self.sh.batch_size // n))
 
   def train_step(self, ws: dict, archs, g: int):
     """Global training step ``g`` on window ``g mod windows``; the state resets each pass."""
     w = g % self.windows
-    carry = (zero_carry(self.cfg, len(archs), self.sh.batch_size) if w == 0 else ws["carry"])
-    x, y = _window(self.train_stream, w, self.cfg.bptt)
+    carry = self._train_carry(len(archs)) if w == 0 else ws["carry"]
+    ops, x, y = self.place((encode(self.space, archs), *_window(self.train_stream, w,
+                                                                 self.cfg.bptt)))
     params, opt_state, carry, nll_N, ok = self.progs.train_step(
-        ws["params"], ws["opt_state"], carry, encode(self.space, archs), x, y,
-        self.keys["dropout"], g)
+        ws["params"], ws["opt_state"], carry, ops, x, y, self.dropout_key, g)
     return {**ws, "params": params, "opt_state": opt_state, "carry": carry}, (nll_N, ok)
 
   def loss_fields(self, losses: list, phase: int) -> dict:
@@ -202,17 +247,18 @@ class Executor:
     """Perplexity_M of ``archs`` on controller step ``j``'s validation window (zero state)."""
     w = int(trainer.host_rng(jax.random.fold_in(self.keys["val"], j)).integers(self.val_windows))
     x, y = _window(self.val_stream, w, self.cfg.bptt)
-    _, nll = self.progs.eval_step(ws["params"], encode(self.space, archs),
-                                  zero_carry(self.cfg, len(archs), x.shape[0]), x, y)
+    _, nll = self.progs.eval_step(ws["params"], *self.place((
+        encode(self.space, archs), zero_carry(self.cfg, len(archs), x.shape[0]), x, y)))
     return _perplexities(np.asarray(nll, np.float64) / y.size)
 
   def score_all(self, ws: dict, archs) -> np.ndarray:
     """Perplexity_M of ``archs`` on the whole validation slice, state carried (the derive)."""
-    carry, total, count = zero_carry(self.cfg, len(archs), self.val_stream.shape[0]), 0.0, 0
-    ops = encode(self.space, archs)
+    carry, ops = self.place((zero_carry(self.cfg, len(archs), self.val_stream.shape[0]),
+                             encode(self.space, archs)))
+    total, count = 0.0, 0
     for x, y in ptb.segments(self.val_stream, self.cfg.bptt, keep_partial=True):
-      carry, nll = self.progs.eval_step(ws["params"], ops, carry, x, y)
-      total, count = total + nll, count + y.size
+      carry, nll = self.progs.eval_step(ws["params"], ops, carry, *self.place((x, y)))
+      total, count = total + np.asarray(nll), count + y.size
     return _perplexities(np.asarray(total, np.float64) / count)
 
   def reward(self, ppl: float) -> float:
