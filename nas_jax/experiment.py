@@ -24,7 +24,7 @@ from nas_jax import config as config_lib, runtime
 from nas_jax.core import retrain as retrain_lib, search, searchers, shared_search
 from nas_jax.core.loop import SearchResult  # noqa: F401  (the result type of run_search)
 from nas_jax.errors import ConfigError
-from nas_jax.spaces import base, cnn, rnn_cell
+from nas_jax.spaces import base, cnn, enas_cell, rnn_cell
 from nas_jax.training import evaluators, shared_cnn, shared_rnn, trainer
 
 
@@ -56,6 +56,9 @@ def _cnn_evaluator(config: config_lib.Config) -> evaluators.Evaluator:
 PARTS: dict[type, SpaceParts] = {
     cnn.CNNSpace: SpaceParts(_cnn_evaluator, shared_cnn.Executor),
     rnn_cell.RNNCellSpace: SpaceParts(
+        lambda config: evaluators.cells(config.lm_child, config.search.verbose),
+        shared_rnn.Executor),
+    enas_cell.ENASCellSpace: SpaceParts(
         lambda config: evaluators.cells(config.lm_child, config.search.verbose),
         shared_rnn.Executor),
 }

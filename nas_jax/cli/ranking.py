@@ -2,14 +2,17 @@
 
   python experiments/ranking.py --space digits --root /tmp/rank --n 48 --seeds 0,1
   python experiments/ranking.py --space ptb --root /tmp/rank_ptb --n 48 --seeds 0,1
+  python experiments/ranking.py --space enas --root /tmp/rank_enas --n 48 --seeds 0,1
 
 1. The weight-sharing search (``digits``: ``cnn_digits_shared``; ``ptb``: ``rnn_ptb_shared_cpu``,
-   the paper's cell space) with random search (the shared weights trained on uniformly drawn
+   the paper's cell space; ``enas``: ``rnn_ptb_enas_shared_cpu``, ENAS's) with random search
+   (the shared weights trained on uniformly drawn
    architectures, as the ranking is measured) in ``ROOT/shared``.
 2. ``--n`` architectures drawn uniformly from its space (a fixed key), each scored on the whole
    validation set under the trained shared weights.
 3. The same architectures each trained alone at the exact search's child budget (``digits``:
-   ``cnn_digits``' child, 4 epochs on 1,297 digits, accuracy on 250; ``ptb``: ``rnn_ptb_cpu``'s,
+   ``cnn_digits``' child, 4 epochs on 1,297 digits, accuracy on 250; ``ptb``, ``enas``:
+   ``rnn_ptb_cpu``'s,
    80,000 characters, perplexity on 8,000), once per ``--seeds`` seed.
 
 It prints Kendall's tau and Spearman's rho (95% bootstrap intervals over architectures,
@@ -32,11 +35,12 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from nas_jax import cli  # pylint: disable=g-import-not-at-top
 
-SPACES = {"digits": "cnn_digits_shared", "ptb": "rnn_ptb_shared_cpu"}
+SPACES = {"digits": "cnn_digits_shared", "ptb": "rnn_ptb_shared_cpu",
+          "enas": "rnn_ptb_enas_shared_cpu"}
 """--space -> the weight-sharing config (its child section is the exact search's budget)."""
 
-_SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "The digits CNN space or the "
-                           "paper's recurrent-cell space on character-level PTB.")
+_SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "The digits CNN space, the paper's "
+                           "recurrent-cell space (ptb) or ENAS's (enas) on character-level PTB.")
 _ROOT = flags.DEFINE_string("root", None, "Folder of the shared search, ranking.json, ranking.png.")
 _N = flags.DEFINE_integer("n", 24, "Architectures drawn uniformly (>= 20 for a measurement).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Stand-alone training seeds (>= 2: the ceiling).")
@@ -85,9 +89,11 @@ def measure(root: str, n: int, seeds: list[int], quick: bool = False,
   evaluate = experiment.evaluator_of(config)   # the exact search's children, its budget
   name = executor.metric.name
   alone = {}
-  for seed in seeds:
+  for seed in seeds:   # m at a time, as the exact search trains them (one compiled program)
     keys = [jax.random.fold_in(jax.random.key(seed), i) for i in range(n)]
-    alone[seed] = [r.metrics.get(name) for r in evaluate(space, archs, dataset, keys)]
+    alone[seed] = [r.metrics.get(name) for first in range(0, n, m)
+                   for r in evaluate(space, archs[first:first + m], dataset,
+                                     keys[first:first + m])]
   ok = lambda *vs: all(v is not None and np.isfinite(v) for v in vs)
   mean_alone = [float(np.mean(v)) if ok(*v) else None for v in zip(*alone.values())]
   both = [(s, a) for s, a in zip(shared_scores, mean_alone) if ok(s, a)]

@@ -2,12 +2,14 @@
 
   python experiments/shared_seeds.py --space digits --root /tmp/ws --seeds 0,1,2
   python experiments/shared_seeds.py --space ptb --root /tmp/ws --seeds 0,1,2
+  python experiments/shared_seeds.py --space enas --root /tmp/ws --seeds 0,1,2
 
 For every seed and searcher (``--searchers``, default REINFORCE and random search with the same
 shared weights) it runs, each as its own process (``python -m nas_jax ...``) and timed:
 
 * the weight-sharing search with its derive (``digits``: ``cnn_digits_shared.py``; ``ptb``:
-  ``rnn_ptb_shared_cpu.py``) in ``ROOT/SPACE_SEARCHER_sSEED``, ``--config.seed=SEED``;
+  ``rnn_ptb_shared_cpu.py``; ``enas``: ``rnn_ptb_enas_shared_cpu.py``, ENAS's cell space) in
+  ``ROOT/SPACE_SEARCHER_sSEED``, ``--config.seed=SEED``;
 * the retrain from scratch of the derived best at the exact search's child budget
   (``digits``: ``train_child.py --arch BEST --config cnn_digits_final.py:search_budget``, into
   ``WORKDIR/retrain``; ``ptb``: ``train_lm.py --config lm_ptb_cpu.py --config.cell=WORKDIR/summary.json``,
@@ -43,10 +45,13 @@ SPACES = {
                "reference": DIGITS_REFERENCE, "metric": "accuracy"},
     "ptb": {"search": "rnn_ptb_shared_cpu", "retrain": "lm_ptb_cpu", "reference": "lstm",
             "metric": "perplexity"},
+    "enas": {"search": "rnn_ptb_enas_shared_cpu", "retrain": "lm_ptb_cpu", "reference": "lstm",
+             "metric": "perplexity"},
 }
 
-_SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "Which protocol: the CNN on digits "
-                           "or the recurrent cell on character-level PTB.")
+_SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "Which protocol: the CNN on digits, "
+                           "the paper's recurrent cell (ptb) or ENAS's (enas) on character-level "
+                           "PTB.")
 _ROOT = flags.DEFINE_string("root", None,
                             "Folder of the runs' workdirs and shared_seeds_SPACE.json.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (at least 3 for a spread).")

@@ -13,7 +13,8 @@ import importlib
 
 NAMES = ("cnn_digits", "cnn_cifar10", "rnn_ptb", "rnn_ptb_cpu", "lm_ptb_small", "lm_ptb_medium",
          "lm_ptb_nas", "lm_ptb_cpu", "cnn_digits_final", "cnn_cifar10_final", "cnn_digits_shared",
-         "cnn_cifar10_shared", "rnn_ptb_shared_cpu", "rnn_ptb_shared", "custom")
+         "cnn_cifar10_shared", "rnn_ptb_shared_cpu", "rnn_ptb_shared", "rnn_ptb_enas_cpu",
+         "rnn_ptb_enas_shared_cpu", "custom")
 
 
 def get_config(name: str, arg: str | None = None):

@@ -144,7 +144,7 @@ def run(cfg, workdir: str, *, log_fn: Callable[[str], None] | None = None) -> di
                           on_epoch=save)
     finally:
       manager.close()
-    n_params = sum(p.size for p in jax.tree.leaves(result.params))
+    n_params = lm_cells.cell_param_count(cfg.cell, result.params)
     metrics = {"cell": cfg.cell, "cell_description": cell_desc, "params": int(n_params),
                "epochs": result.history, "best_valid_ppl": result.valid_ppl,
                "test_ppl": result.test_ppl, "config": cfg.to_dict(),

@@ -7,9 +7,10 @@ passed to ``nas_jax.experiment.run_search(..., space=...)`` directly, without an
 
 from nas_jax.spaces.base import Decision, SearchSpace, Step, anchor, choice, num_tokens
 from nas_jax.spaces.cnn import CNNArch, CNNSpace, Layer
+from nas_jax.spaces.enas_cell import ENASCellArch, ENASCellSpace, ENASNode
 from nas_jax.spaces.rnn_cell import CellArch, NodeOp, RNNCellSpace
 
-SPACES = {"cnn": CNNSpace, "rnn_cell": RNNCellSpace}
+SPACES = {"cnn": CNNSpace, "rnn_cell": RNNCellSpace, "enas_cell": ENASCellSpace}
 
 
 def make_space(space_cfg) -> SearchSpace:

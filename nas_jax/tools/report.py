@@ -266,7 +266,7 @@ def _config_rows(runs: list[dict], spaces: list[RunSpace]) -> list[tuple[str, li
   def epochs(run):  # the section that trains the children: shared weights, cell LMs or CNNs
     cfg = run["config"]
     section = ("shared" if cfg.get("shared.enabled") else
-               "lm_child" if cfg.get("search_space.name") == "rnn_cell" else "child")
+               "lm_child" if cfg.get("search_space.name") in ("rnn_cell", "enas_cell") else "child")
     if f"{section}.epochs" in cfg:
       return f"{section}: {cfg[f'{section}.epochs']}"
     found = [f"{k.rsplit('.', 1)[0]}: {v}" for k, v in sorted(cfg.items()) if k.endswith(".epochs")]

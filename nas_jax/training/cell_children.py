@@ -109,9 +109,9 @@ def evaluate_cells(space: rnn_cell.RNNCellSpace, archs: Sequence[rnn_cell.CellAr
              for o, k in zip(ops, keys)]
     train_nll, val_nll = (np.array([p[i] for p in pairs]) for i in (0, 1))
   seconds = (time.time() - t0) / len(archs)
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(
+  n_params = lm_cells.cell_param_count(space, jax.eval_shape(
       lambda k: lm.init_params(k, len(corpus.vocab), lm_cells.searched_lm_cell(space), cfg),
-      jax.random.key(0))))
+      jax.random.key(0)))
   results = []
   for k in range(len(archs)):
     error = (trainer.diverged(train_nll[k], cfg.epochs)[0]

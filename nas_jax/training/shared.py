@@ -21,6 +21,7 @@ from absl import logging
 from nas_jax.errors import ConfigError
 from nas_jax.spaces import base
 from nas_jax.spaces.cnn import CNNSpace
+from nas_jax.spaces.enas_cell import ENASCellSpace
 from nas_jax.spaces.rnn_cell import RNNCellSpace
 
 
@@ -220,13 +221,13 @@ def check_space(space, config=None) -> None:
   """The space a weight-sharing search can run: the CNN space at one depth, odd filters, no
   strides (one max-size network holds every child), or the recurrent-cell space (one language
   model holds every cell's leaf projections); ``config``, if given, is checked against it."""
-  if isinstance(space, RNNCellSpace):
+  if isinstance(space, (RNNCellSpace, ENASCellSpace)):
     if config is not None:
       _check_cells(config)
     return
   if not isinstance(space, CNNSpace):
     raise ConfigError(f"config.shared.enabled: weight sharing is implemented for the CNN space "
-                      f"and the recurrent-cell space, not {type(space).__name__}; set "
+                      f"and the recurrent-cell spaces, not {type(space).__name__}; set "
                       "shared.enabled=False")
   if space.layers_increment and (not space.max_layers or space.max_layers > space.start_layers):
     raise ConfigError("config.search_space.layers_increment: a weight-sharing search has one "

@@ -207,8 +207,8 @@ class Executor:
     self.progs = programs(space, cfg, self.vocab_size, shared_lib.program_settings(sh),
                           self.steps_per_epoch, sh.epochs * self.train_steps, self.devices)
     self.tx = optim.shared_optimizer(sh, self.steps_per_epoch, sh.epochs * self.train_steps)
-    self.param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(
-        lambda k: init(space, cfg, self.vocab_size, k), jax.random.key(0))))
+    self.param_count = lm_cells.cell_param_count(space, jax.eval_shape(   # one child's
+        lambda k: init(space, cfg, self.vocab_size, k), jax.random.key(0)))
     self.num_layers = space.num_layers(0)
 
   def init(self) -> dict:

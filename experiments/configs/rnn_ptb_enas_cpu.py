@@ -1,0 +1,6 @@
+"""ENAS's recurrent-cell space on character-level PTB (see nas_jax/configs/rnn_ptb_enas_cpu.py).
+
+The config lives in ``nas_jax/configs/rnn_ptb_enas_cpu.py``; ``--config`` names this file.
+"""
+
+from nas_jax.configs.rnn_ptb_enas_cpu import get_config  # noqa: F401  (ml_collections calls it)
