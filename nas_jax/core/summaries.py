@@ -16,6 +16,7 @@ View with ``tensorboard --logdir WORKDIR/tensorboard`` (``pip install tensorboar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -110,4 +111,17 @@ class Writer:
     self._writer.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    """Flushes and closes the event file. Where the disk refuses the last events (full, or a
+    file-size limit), they are given up and the OSError raised: tensorboardX's exit hook would
+    otherwise try them again at interpreter exit and print a traceback after the search's
+    one-line error."""
+    try:
+      self._writer.close()
+    except OSError:
+      for fw in (getattr(self._writer, "all_writers", None) or {}).values():
+        ew = getattr(fw, "event_writer", None)
+        if ew is not None:
+          with contextlib.suppress(Exception):
+            ew._worker.stop()  # pylint: disable=protected-access
+          ew._closed = True    # pylint: disable=protected-access  (the exit hook's test)
+      raise
