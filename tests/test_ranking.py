@@ -43,13 +43,12 @@ def test_the_quick_measurement_writes_its_table_json_and_plot(tmp_path):
 
 
 def test_architectures_are_trained_alone_at_the_exact_searchs_child_budget():
-  from nas_jax.cli import ranking as ranking_cli  # pylint: disable=import-outside-toplevel
   from nas_jax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
   for space in ("ptb", "enas"):
-    shared = config_lib.parse(configs.get_config(ranking_cli.SPACES[space][0]))
-    alone = ranking_cli.standalone_config(space)
+    shared = config_lib.parse(configs.get_config(ranking.SPACES[space][0]))
+    alone = ranking.standalone_config(space)
     assert shared.lm_child.lm.max_train_tokens == 0          # the shared weights: all the text
     assert alone.lm_child.lm.max_train_tokens == 80_000      # a child of the exact search
     assert type(alone.search_space) is type(shared.search_space)
-  digits = ranking_cli.standalone_config("digits")
+  digits = ranking.standalone_config("digits")
   assert digits.child == config_lib.parse(configs.get_config("cnn_digits")).child

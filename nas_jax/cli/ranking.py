@@ -34,11 +34,9 @@ matplotlib.use("Agg")
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 from nas_jax import cli  # pylint: disable=g-import-not-at-top
+from nas_jax.tools import ranking as ranking_lib  # pylint: disable=g-import-not-at-top
 
-SPACES = {"digits": ("cnn_digits_shared", "cnn_digits"),
-          "ptb": ("rnn_ptb_shared_cpu", "rnn_ptb_cpu"),
-          "enas": ("rnn_ptb_enas_shared_cpu", "rnn_ptb_enas_cpu")}
-"""--space -> (the weight-sharing config, the exact search's config: the stand-alone budget)."""
+SPACES = ranking_lib.SPACES
 
 _SPACE = flags.DEFINE_enum("space", "digits", sorted(SPACES), "The digits CNN space, the paper's "
                            "recurrent-cell space (ptb) or ENAS's (enas) on character-level PTB.")
@@ -46,14 +44,6 @@ _ROOT = flags.DEFINE_string("root", None, "Folder of the shared search, ranking.
 _N = flags.DEFINE_integer("n", 24, "Architectures drawn uniformly (>= 20 for a measurement).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Stand-alone training seeds (>= 2: the ceiling).")
 _QUICK = flags.DEFINE_boolean("quick", False, "Tiny sizes (cnn_digits_shared:quick; the tests).")
-
-
-def standalone_config(space_name: str, quick: bool = False):
-  """The parsed config of the exact search whose child budget the architectures are trained
-  alone at (the shared PTB searches read the whole training text; their exact searches train
-  each child on 80,000 characters)."""
-  from nas_jax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
-  return config_lib.parse(configs.get_config(SPACES[space_name][1], "quick" if quick else None))
 
 
 def measure(root: str, n: int, seeds: list[int], quick: bool = False,
@@ -95,7 +85,7 @@ def measure(root: str, n: int, seeds: list[int], quick: bool = False,
     chunk = archs[first:first + m]
     scores = executor.score_all(ws, chunk + [chunk[-1]] * (m - len(chunk)))
     shared_scores += [float(s) for s in np.asarray(scores)[:len(chunk)]]
-  evaluate = experiment.evaluator_of(standalone_config(space_name, quick))
+  evaluate = experiment.evaluator_of(ranking_lib.standalone_config(space_name, quick))
   name = executor.metric.name
   alone = {}
   for seed in seeds:   # m at a time, as the exact search trains them (one compiled program)

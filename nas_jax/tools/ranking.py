@@ -55,3 +55,17 @@ def correlations(x: Sequence[float], y: Sequence[float], seed: int = 0) -> dict:
   """Kendall's tau and Spearman's rho of the pairs, each with its bootstrap interval."""
   return {"kendall_tau": bootstrap(x, y, kendall_tau, seed=seed),
           "spearman_rho": bootstrap(x, y, spearman_rho, seed=seed)}
+
+
+SPACES = {"digits": ("cnn_digits_shared", "cnn_digits"),
+          "ptb": ("rnn_ptb_shared_cpu", "rnn_ptb_cpu"),
+          "enas": ("rnn_ptb_enas_shared_cpu", "rnn_ptb_enas_cpu")}
+"""--space -> (the weight-sharing config, the exact search's config: the stand-alone budget)."""
+
+
+def standalone_config(space_name: str, quick: bool = False):
+  """The parsed config of the exact search whose child budget the architectures are trained
+  alone at (the shared PTB searches read the whole training text; their exact searches train
+  each child on 80,000 characters)."""
+  from nas_jax import config as config_lib, configs  # pylint: disable=import-outside-toplevel
+  return config_lib.parse(configs.get_config(SPACES[space_name][1], "quick" if quick else None))
