@@ -49,6 +49,9 @@ def _params(nodes, seed=0):
   return enas_cell.init_cell(jax.random.key(seed), I, H, nodes, init_scale=0.5)
 
 
+ACTS = enas_cell.ENAS_ACTIVATIONS   # the order of w's activation axis
+
+
 def _by_hand(params, arch, x, h):
   """The cell's equations for one architecture, node by node in numpy."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -61,7 +64,7 @@ def _by_hand(params, arch, x, h):
   states = [c * f[arch.nodes[0].activation](pre[:, H:]) + (1 - c) * h]
   for l, node in enumerate(arch.nodes[1:], 1):
     hin = states[node.prev]
-    pre = hin @ p["w"][l - 1, node.prev]
+    pre = hin @ p["w"][l - 1, ACTS.index(node.activation), node.prev]
     c = sig(pre[:, :H])
     states.append(c * f[node.activation](pre[:, H:]) + (1 - c) * hin)
   return np.mean([states[l] for l in arch.loose_ends()], axis=0)
@@ -90,17 +93,19 @@ def test_the_cell_computes_enas_highway_nodes_and_averages_the_loose_ends():
     np.testing.assert_allclose(y, _by_hand(params, arch, x, h), rtol=1e-5, atol=1e-6)
 
 
-def test_each_pair_of_nodes_has_its_own_weights():
-  """A cell reads only the pair matrices of its edges: changing another pair's weights changes
-  nothing, changing one of its own changes the output."""
+def test_each_node_read_and_activation_has_its_own_weights():
+  """A cell reads only the matrices of its (node, activation, node read) choices: changing another
+  read's or another activation's weights changes nothing, changing its own changes the output."""
   space, params = ENASCellSpace(nodes=4), _params(4)
-  arch = ARCHS[1]                      # edges (1, 0), (2, 0), (3, 1)
+  arch = ARCHS[1]                      # node 3: tanh, reads node 1
   x, h = jnp.ones((1, I)), jnp.ones((1, H)) * 0.3
   run = lambda p: enas_cell.cell_apply(p, space.ops(arch), (h, h), x)[1]
   base_out = run(params)
-  other = {**params, "w": params["w"].at[2, 2].add(1.0)}     # pair (3, 2): not an edge
-  np.testing.assert_array_equal(run(other), base_out)
-  own = {**params, "w": params["w"].at[2, 1].add(1.0)}       # pair (3, 1): an edge
+  tanh, relu = ACTS.index("tanh"), ACTS.index("relu")
+  for other in ((2, tanh, 2), (2, relu, 1)):   # node 3 reading node 2; node 3 as relu
+    changed = {**params, "w": params["w"].at[other].add(1.0)}
+    np.testing.assert_array_equal(run(changed), base_out)
+  own = {**params, "w": params["w"].at[2, tanh, 1].add(1.0)}
   assert not np.allclose(run(own), base_out)
 
 
@@ -110,8 +115,8 @@ def test_an_exact_child_counts_only_the_pairs_it_uses():
   params = jax.eval_shape(lambda k: lm.init_params(k, 10, lm_cells.searched_lm_cell(space), cfg),
                           jax.random.key(0))
   total = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  # per layer: 3 pairs of the 6 (and of the 9 stored) are one child's
-  assert lm_cells.cell_param_count(space, params) == total - 2 * (9 - 3) * H * 2 * H
+  # per layer: 3 of the 3 x 4 x 3 stored matrices are one child's
+  assert lm_cells.cell_param_count(space, params) == total - 2 * (36 - 3) * H * 2 * H
 
 
 @pytest.mark.parametrize("name", ["rnn_ptb_enas_cpu", "rnn_ptb_enas_shared_cpu"])

@@ -127,13 +127,24 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   fig = Figure(figsize=(5, 4), dpi=110, layout="constrained")
   ax = fig.add_subplot()
   for seed, vals in result["alone"].items():
     ax.scatter(result["shared"], vals, s=14, label=f"trained alone, seed {seed}")
   metric = result["metric"].replace("_", " ")
-  ax.set_xlabel(f"{metric} under the shared weights")
-  ax.set_ylabel(f"{metric} trained alone")
+  def wide(values):   # perplexities of diverging cells span orders of magnitude: a log axis
+    v = [x for x in values if x is not None and 0 < x < float("inf")]
+    return bool(v) and max(v) / min(v) > 10
+  alone = [v for vals in result["alone"].values() for v in vals]
+  for axis, values, label in ((ax.xaxis, result["shared"], "under the shared weights"),
+                              (ax.yaxis, alone, "trained alone")):
+    log = wide(values)
+    if log:
+      (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+    else:
+      axis.set_major_locator(MaxNLocator(5))
+    axis.set_label_text(f"{metric} {label}{' (log scale)' if log else ''}")
   ax.legend(fontsize=8)
   fig.savefig(path)
 

@@ -3,8 +3,8 @@
   python experiments/search.py --config experiments/configs/rnn_ptb_enas_cpu.py:short --workdir /tmp/enas_ptb
 
 The space is ENAS's, not Zoph & Le's (``nas_jax/spaces/enas_cell.py``: a DAG of 8 highway nodes,
-each reading one earlier node through its own weights and picking tanh, ReLU, identity or
-sigmoid; the output the mean of the loose ends); its results are never the paper's PTB search.
+each reading one earlier node and picking tanh, ReLU, identity or sigmoid, with weights of its
+own for each (node read, activation) pair; the output the mean of the loose ends); its results are never the paper's PTB search.
 Everything else is ``rnn_ptb_cpu.py``'s: character-level PTB, each child a 2-layer LM (hidden
 and embedding size 32) trained on 80,000 characters and scored on 8,000 validation characters,
 reward 80 / ppl^2, 8 children per controller step. The controller takes ENAS's sampling

@@ -7,8 +7,8 @@
 ``rnn_ptb_shared_cpu.py``'s schedule (10 epochs of 50 minibatches, 20 controller steps of 8 cells,
 64 derived; ENAS's SGD on the shared weights: lr 20 and clip 0.25 on the per-token loss) on
 ENAS's space and controller settings (``rnn_ptb_enas_cpu.py``: 8 nodes; temperature 5, tanh
-constant 2.25, entropy weight 1e-5). One language model holds every pair's weights
-(``nas_jax/spaces/enas_cell.py``); a cell uses 7 of them. Not the paper's PTB search.
+constant 2.25, entropy weight 1e-5). One language model holds the weights of every (node, node
+read, activation) (``nas_jax/spaces/enas_cell.py``); a cell uses 7 of those matrices. Not the paper's PTB search.
 ``:quick`` is a tiny run for the tests (4 nodes).
 """
 

@@ -6,18 +6,21 @@ paper's PTB search.
 A cell is a DAG of ``N`` nodes (ENAS on PTB: 12). Node 0 reads the input ``x_t`` and the previous
 state ``h_(t-1)``; every later node ``l`` reads one earlier node ``j < l`` (a decision); every node
 picks an activation ``f_l`` among tanh, ReLU, identity and sigmoid (a decision). Each node is a
-highway layer with its own weights for the node it reads (ENAS: "an independent parameter matrix
-for each pair of nodes")::
+highway layer whose weights are its own for each (node read, activation) pair, as ENAS's language
+model code has them (google-research ``enas_lm``: ``w_skip`` of shape ``[functions, layer, H,
+2H]`` per node)::
 
   node 0:  c_0 = sigmoid(x W_xc + h_(t-1) W_hc),  h_0 = c_0 * f_0(x W_xh + h_(t-1) W_hh)
                                                         + (1 - c_0) * h_(t-1)
-  node l:  c_l = sigmoid(h_j W_c(l, j)),          h_l = c_l * f_l(h_j W_h(l, j)) + (1 - c_l) * h_j
+  node l:  c_l = sigmoid(h_j W_c(l, f_l, j)),     h_l = c_l * f_l(h_j W_h(l, f_l, j))
+                                                        + (1 - c_l) * h_j
 
 and the cell's output (and next state) ``h_t`` is the average of the *loose ends*, the nodes no
-other node reads. One set of weights holds every pair ``(l, j)``, so every cell of the space runs
-on the same parameters: the exact child trains them alone, the weight-sharing search shares them
-between all cells (ENAS). A child uses ``N - 1`` of the ``N (N - 1) / 2`` pair matrices; its
-parameter count counts only those (:meth:`ENASCellSpace.unused_params`).
+other node reads (the paper's rule; ``enas_lm`` averages every node). One set of weights holds
+every ``(l, f, j)``, so every cell of the space runs on the same parameters: the exact child
+trains them alone, the weight-sharing search shares them between all cells (ENAS). A child uses
+``N - 1`` of the matrices; its parameter count counts only those
+(:meth:`ENASCellSpace.unused_params`).
 
 Token program (``plan``): node 0's activation; then for each node ``l >= 1`` the node it reads
 (decision ``prev_l``, ``l`` choices; node 1 can only read node 0 and has no token) and its
@@ -38,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nas_jax.spaces import base
-from nas_jax.spaces.rnn_cell import ACTIVATIONS, _activate, _Acts
+from nas_jax.spaces.rnn_cell import ACTIVATIONS, _activate, _Acts, _position_table
 
 ENAS_ACTIVATIONS = ("tanh", "relu", "identity", "sigmoid")
 
@@ -128,10 +131,10 @@ class ENASCellSpace(base.SearchSpace):
     return np.array(acts + [n.prev for n in arch.nodes[1:]], np.int32)
 
   def unused_params(self, hidden_size: int) -> int:
-    """Parameters of one layer's cell that a child does not use: of the ``(N-1)^2`` stored pair
-    matrices (:func:`init_cell`; ``N (N-1) / 2`` of them pairs ``j < l``) all but the child's
-    ``N - 1`` (subtracted from an exact child's count)."""
-    stored = (self.nodes - 1) ** 2
+    """Parameters of one layer's cell that a child does not use: of the ``(N-1) A (N-1)``
+    stored matrices (:func:`init_cell`) all but the child's ``N - 1`` (subtracted from an exact
+    child's count)."""
+    stored = (self.nodes - 1) ** 2 * len(self.activations)
     return (stored - (self.nodes - 1)) * hidden_size * 2 * hidden_size
 
   def build(self, arch: ENASCellArch, num_classes: int):
@@ -166,15 +169,17 @@ class ENASCellSpace(base.SearchSpace):
 
 
 def init_cell(key: jax.Array, input_size: int, hidden_size: int, nodes: int,
-              init_scale: float | None = None, dtype=jnp.float32) -> dict:
+              num_activations: int = len(ENAS_ACTIVATIONS), init_scale: float | None = None,
+              dtype=jnp.float32) -> dict:
   """``wx`` (I, 2H) and ``wh`` (H, 2H): node 0's gate and candidate from ``x`` and
-  ``h_(t-1)``; ``w`` (N-1, N-1, H, 2H): ``w[l-1, j]`` node ``l``'s from node ``j`` (``j < l``;
-  the rest unused). ``U(-s, s)`` with ``s = init_scale`` or ``1/sqrt(H)``."""
+  ``h_(t-1)``; ``w`` (N-1, A, N-1, H, 2H): ``w[l-1, a, j]`` node ``l``'s with activation ``a``
+  (the position in the space's activations) reading node ``j`` (``j < l``; the rest unused).
+  ``U(-s, s)`` with ``s = init_scale`` or ``1/sqrt(H)``."""
   s = init_scale if init_scale is not None else 1.0 / math.sqrt(hidden_size)
   k1, k2, k3 = jax.random.split(key, 3)
   u = lambda k, shape: jax.random.uniform(k, shape, dtype, -s, s)
   return {"wx": u(k1, (input_size, 2 * hidden_size)), "wh": u(k2, (hidden_size, 2 * hidden_size)),
-          "w": u(k3, (nodes - 1, nodes - 1, hidden_size, 2 * hidden_size))}
+          "w": u(k3, (nodes - 1, num_activations, nodes - 1, hidden_size, 2 * hidden_size))}
 
 
 def project_input(params: dict, x):
@@ -187,13 +192,13 @@ def cell_step(params: dict, ops, carry, xw, h_mask=None, *,
   """One step of the cell encoded by ``ops`` (may be traced).
 
   Args:
-    params: from :func:`init_cell`; N is read from ``w``'s shape.
+    params: from :func:`init_cell`; N and A are read from ``w``'s shape.
     ops: int32 ``(2N - 1,)`` from :meth:`ENASCellSpace.ops`.
     carry: ``(h_prev, h_prev)`` (the carry layout of the other cells: two (..., H) arrays; the
       first is not read).
     xw: ``project_input(params, x)``.
     h_mask: multiplies ``h_prev`` before its product (variational dropout), or None.
-    activations: (static) the candidate activations computed at every node.
+    activations: (static) the space's activations (``w``'s second axis follows their order).
 
   Returns:
     ``((h_t, h_t), h_t)``.
@@ -205,7 +210,11 @@ def cell_step(params: dict, ops, carry, xw, h_mask=None, *,
   _, h_prev = carry
   hidden = h_prev.shape[-1]
   acts = _Acts(tuple(activations))
+  if params["w"].shape[1] != len(acts.names):
+    raise ValueError(f"w holds {params['w'].shape[1]} activations, the space has "
+                     f"{len(acts.names)}")
   act_ids = ops[:n]
+  act_pos = jnp.asarray(_position_table(acts.names, ACTIVATIONS))[act_ids]
   kind, scale, shift = (jnp.asarray(t)[act_ids] for t in (acts.kind, acts.scale, acts.shift))
   prev = ops[n:]                                               # node l >= 1 reads prev[l - 1]
   hm = h_prev if h_mask is None else h_prev * h_mask
@@ -221,7 +230,8 @@ def cell_step(params: dict, ops, carry, xw, h_mask=None, *,
     # index becomes a gather (slow on CPU).
     onehot = (jnp.arange(l) == prev[l - 1]).astype(h_prev.dtype)
     h_in = sum(onehot[j] * states[j] for j in range(l))
-    w = jnp.tensordot(onehot, params["w"][l - 1, :l], axes=1)    # (H, 2H)
+    pick = (jnp.arange(len(acts.names)) == act_pos[l]).astype(h_prev.dtype)
+    w = jnp.einsum("a,j,ajhk->hk", pick, onehot, params["w"][l - 1, :, :l])   # (H, 2H)
     states.append(highway(l, h_in @ w, h_in))
   loose = 1.0 - jnp.any(prev[:, None] == jnp.arange(n), axis=0).astype(h_prev.dtype)
   h_new = sum(loose[l] * states[l] for l in range(n)) / jnp.sum(loose)

@@ -59,7 +59,7 @@ def _enas_lm_cell(space: enas_cell.ENASCellSpace, init_scale: float) -> lm.Cell:
   acts = tuple(space.activations)
 
   def init(key, input_size, hidden_size):
-    return enas_cell.init_cell(key, input_size, hidden_size, space.nodes, init_scale)
+    return enas_cell.init_cell(key, input_size, hidden_size, space.nodes, len(acts), init_scale)
 
   def step(params, ops, carry, xw, h_mask):
     return enas_cell.cell_step(params, ops, carry, xw, h_mask, activations=acts)
