@@ -116,14 +116,16 @@ def test_vmap_children_split_over_devices_equal_one_device():
 
 
 def _shared_search(workdir, config: str, num_devices: int):
-  """A weight-sharing search of 8 architectures per minibatch and per controller step."""
+  """A weight-sharing search of 8 architectures per minibatch and per controller step (cells
+  with dropout: each device draws its cells' masks from their own keys)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "experiments", "search.py"),
        "--config", f"experiments/configs/{config}.py:quick", f"--workdir={workdir}",
        "--config.shared.children_per_batch=8", "--config.search.children_per_step=8",
-       "--config.shared.batch_size=32", f"--config.shared.num_devices={num_devices}"],
+       "--config.shared.batch_size=32", f"--config.shared.num_devices={num_devices}",
+       *(["--config.lm_child.dropout=0.2"] if config.startswith("rnn") else [])],
       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
