@@ -86,6 +86,8 @@ def test_the_cell_computes_enas_highway_nodes_and_averages_the_loose_ends():
     (_, out), y = enas_cell.cell_apply(params, space.ops(arch), (h, h), x)
     np.testing.assert_allclose(y, _by_hand(params, arch, x, h), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out, y)
+    picked = enas_cell.select_weights(params, space.ops(arch))   # what the LM does per segment
+    np.testing.assert_array_equal(enas_cell.cell_apply(picked, space.ops(arch), (h, h), x)[1], y)
   # m cells vmapped over their ops arrays are each cell alone
   ops = jnp.stack([space.ops(a) for a in ARCHS])
   ys = jax.vmap(lambda o: enas_cell.cell_apply(params, o, (h, h), x)[1])(ops)

@@ -192,7 +192,8 @@ def cell_step(params: dict, ops, carry, xw, h_mask=None, *,
   """One step of the cell encoded by ``ops`` (may be traced).
 
   Args:
-    params: from :func:`init_cell`; N and A are read from ``w``'s shape.
+    params: from :func:`init_cell` (N and A read from ``w``'s shape), or
+      :func:`select_weights` of them for these ``ops``.
     ops: int32 ``(2N - 1,)`` from :meth:`ENASCellSpace.ops`.
     carry: ``(h_prev, h_prev)`` (the carry layout of the other cells: two (..., H) arrays; the
       first is not read).
@@ -204,17 +205,16 @@ def cell_step(params: dict, ops, carry, xw, h_mask=None, *,
     ``((h_t, h_t), h_t)``.
   """
   ops = jnp.asarray(ops)
-  n = params["w"].shape[0] + 1
+  n = (params["w_picked"] if "w_picked" in params else params["w"]).shape[0] + 1
   if ops.shape != (2 * n - 1,):
     raise ValueError(f"ops must have shape ({2 * n - 1},) for {n} nodes, got {ops.shape}")
   _, h_prev = carry
   hidden = h_prev.shape[-1]
   acts = _Acts(tuple(activations))
-  if params["w"].shape[1] != len(acts.names):
+  if "w" in params and params["w"].shape[1] != len(acts.names):
     raise ValueError(f"w holds {params['w'].shape[1]} activations, the space has "
                      f"{len(acts.names)}")
   act_ids = ops[:n]
-  act_pos = jnp.asarray(_position_table(acts.names, ACTIVATIONS))[act_ids]
   kind, scale, shift = (jnp.asarray(t)[act_ids] for t in (acts.kind, acts.scale, acts.shift))
   prev = ops[n:]                                               # node l >= 1 reads prev[l - 1]
   hm = h_prev if h_mask is None else h_prev * h_mask
@@ -224,18 +224,33 @@ def cell_step(params: dict, ops, carry, xw, h_mask=None, *,
     return gate * _activate(kind[l], scale[l], shift[l], acts, pre[..., hidden:]) + \
         (1.0 - gate) * h_in
 
+  picked = params["w_picked"] if "w_picked" in params else select_weights(
+      params, ops, activations)["w_picked"]
   states = [highway(0, xw + hm @ params["wh"], h_prev)]
   for l in range(1, n):
     # One-hot sums, not dynamic indexing: under vmap the read node is batched, and a batched
     # index becomes a gather (slow on CPU).
     onehot = (jnp.arange(l) == prev[l - 1]).astype(h_prev.dtype)
     h_in = sum(onehot[j] * states[j] for j in range(l))
-    pick = (jnp.arange(len(acts.names)) == act_pos[l]).astype(h_prev.dtype)
-    w = jnp.einsum("a,j,ajhk->hk", pick, onehot, params["w"][l - 1, :, :l])   # (H, 2H)
-    states.append(highway(l, h_in @ w, h_in))
+    states.append(highway(l, h_in @ picked[l - 1], h_in))
   loose = 1.0 - jnp.any(prev[:, None] == jnp.arange(n), axis=0).astype(h_prev.dtype)
   h_new = sum(loose[l] * states[l] for l in range(n)) / jnp.sum(loose)
   return (h_new, h_new), h_new
+
+
+def select_weights(params: dict, ops, activations: Sequence[str] = ENAS_ACTIVATIONS) -> dict:
+  """``params`` with ``w`` replaced by ``w_picked`` (N-1, H, 2H): each node's matrix for its
+  activation and the node it reads (one-hot sums: ``ops`` may be traced). :func:`cell_step` takes
+  either; the language model picks once per segment (``lm.Cell.select``)."""
+  ops = jnp.asarray(ops)
+  w = params["w"]
+  n, a = w.shape[0] + 1, w.shape[1]
+  act_pos = jnp.asarray(_position_table(tuple(activations), ACTIVATIONS))[ops[:n]]
+  pick = (jnp.arange(a)[None, :] == act_pos[1:, None]).astype(w.dtype)         # (N-1, A)
+  read = (jnp.arange(n - 1)[None, :] == ops[n:, None]).astype(w.dtype)         # (N-1, N-1)
+  out = {k: v for k, v in params.items() if k != "w"}
+  out["w_picked"] = jnp.einsum("la,lj,lajhk->lhk", pick, read, w)
+  return out
 
 
 def cell_apply(params: dict, ops, carry, x, *, activations: Sequence[str] = ENAS_ACTIVATIONS):

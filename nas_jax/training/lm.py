@@ -38,11 +38,15 @@ class Cell(NamedTuple):
   step(params, ops, carry, xp_BxP, h_mask_BxH) -> (carry, out_BxH)
     (h_mask multiplies the previous output before the recurrent product: variational dropout)
   init_carry(batch, hidden_size) -> carry
+  select(params, ops) -> params, or None: the weights the architecture ``ops`` uses, picked once
+    per segment before the time loop (a cell whose parameters hold every architecture's, as
+    ENAS's: its gradient then flows into the picked weights at each step, not the whole set)
   """
   init: Callable
   project: Callable
   step: Callable
   init_carry: Callable
+  select: Callable | None = None   # (params, ops) -> params: once per segment, before the scan
 
 
 def _uniform(key, shape, scale):
@@ -182,6 +186,8 @@ def apply(params, ops, carry, inputs_BxT, cell: Cell, cfg: LMConfig, key=None, e
     in_shape = (1,) + x.shape[1:] if var else x.shape
     x = x * _mask(keys.pop(), in_shape, cfg.dropout)
     h_mask = _mask(keys.pop(), (b, cfg.hidden_size), cfg.dropout if var else 0.0)
+    if cell.select is not None:   # the weights ``ops`` uses, picked once, not at every time step
+      layer_params = cell.select(layer_params, ops)
     if cfg.project_in_scan:
       xp = x
       step = lambda c, x_t: cell.step(layer_params, ops, c, cell.project(layer_params, x_t), h_mask)

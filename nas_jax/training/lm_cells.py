@@ -64,7 +64,10 @@ def _enas_lm_cell(space: enas_cell.ENASCellSpace, init_scale: float) -> lm.Cell:
   def step(params, ops, carry, xw, h_mask):
     return enas_cell.cell_step(params, ops, carry, xw, h_mask, activations=acts)
 
-  return lm.Cell(init, enas_cell.project_input, step, _zero_carry)
+  def select(params, ops):
+    return enas_cell.select_weights(params, ops, acts)
+
+  return lm.Cell(init, enas_cell.project_input, step, _zero_carry, select)
 
 
 def cell_param_count(space, params) -> int:
