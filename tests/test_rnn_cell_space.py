@@ -270,3 +270,15 @@ def test_controller_samples_decodable_cells():
     arch = space.decode(plan, t)
     assert space.ops(arch).shape == (rnn_cell.ops_length(8),)
   np.testing.assert_allclose(-np.asarray(logp), np.log(space.size()), atol=1.0)
+
+
+def test_a_cell_of_products_with_the_zero_state_is_dead_and_the_nascell_is_not():
+  """lm_cells.is_dead: an all-``mul`` tree multiplies every leaf's input by the recurrent side,
+  which is 0 from the zero state (zero bias): its output is 0 at every step, whatever the input."""
+  from nas_jax.training import lm_cells  # pylint: disable=import-outside-toplevel
+  space = rnn_cell.RNNCellSpace()
+  cell = lm_cells.searched_lm_cell(space)
+  dead = rnn_cell.CellArch(tuple(rnn_cell.NodeOp("mul", "identity") for _ in range(15)),
+                           rnn_cell.NodeOp("mul", "identity"), 0, 14)
+  assert lm_cells.is_dead(cell, space.ops(dead))
+  assert not lm_cells.is_dead(cell, space.ops(rnn_cell.NASCELL))

@@ -209,7 +209,19 @@ def main(argv):
     sys.exit(f"error: {e}")
   print(table(_SPACE.value, records))
   for r in records:
-    print(f"{r['group']} s{r['seed']}: {r.get('description')}")
+    print(f"{r['group']} s{r['seed']}: {r.get('description')}{_dead_note(r)}")
+
+
+def _dead_note(record: dict) -> str:
+  """" (a dead cell: ...)" for a derived cell whose output is 0 at every step, else ""."""
+  summary = os.path.join(_ROOT.value, f"{_SPACE.value}_{record['group']}_s{record['seed']}",
+                         "summary.json")
+  if SPACES[_SPACE.value]["metric"] == "accuracy" or not os.path.exists(summary):
+    return ""
+  from nas_jax.training import lm_cells  # pylint: disable=import-outside-toplevel
+  cell, ops, _ = lm_cells.from_name(summary)
+  return (" (a dead cell: its output is 0 at every step, the retrained LM is its softmax bias)"
+          if lm_cells.is_dead(cell, ops) else "")
 
 
 def run():

@@ -117,3 +117,21 @@ def _summary_cell(path: str):
   space = cls(**{k: tuple(v) if isinstance(v, list) else v
                  for k, v in space_fields.items() if k != "name"})
   return space, space.decode(space.plan(), best["tokens"])
+
+
+def is_dead(cell: lm.Cell, ops, steps: int = 20, seed: int = 0) -> bool:
+  """Whether the cell's output stays exactly 0 from a zero state whatever its input and weights
+  (random draws of both, ``steps`` steps): e.g. a tree whose every path to the output multiplies
+  by the zero state. A language model with a dead cell learns no more than its softmax bias."""
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  params = cell.init(k1, 8, 16)
+  if cell.select is not None:
+    params = cell.select(params, ops)
+  carry = cell.init_carry(4, 16)
+  x = jax.random.normal(k2, (steps, 4, 8))
+  ones = jnp.ones((4, 16), jnp.float32)
+  for t in range(steps):
+    carry, out = cell.step(params, ops, carry, cell.project(params, x[t]), ones)
+    if bool(jnp.any(out != 0)):
+      return False
+  return True
