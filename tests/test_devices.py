@@ -163,3 +163,17 @@ def test_more_shared_devices_than_the_process_has_is_a_config_error():
   from nas_jax.training import shared  # pylint: disable=import-outside-toplevel
   with pytest.raises(config_lib.ConfigError, match="config.shared.num_devices: 1000 asked for"):
     shared.devices(shared.SharedConfig(num_devices=1000))
+
+
+@pytest.mark.slow
+def test_the_shared_devices_benchmark_runs_on_two_virtual_devices(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "shared_devices.py"),
+                        "--steps=1", f"--json={tmp_path / 'r.json'}"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "r.json").read_text())
+  assert [r["devices"] for r in result["rows"]] == [1, 2]
+  assert all(r["children_per_batch"] == 2 and r["train_step_ms"] > 0 for r in result["rows"])
+  assert out.stdout.count("| 2 |") == 2   # one table row per device count
