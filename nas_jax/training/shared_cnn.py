@@ -116,15 +116,9 @@ def programs(net: MaskedCNN, cfg, augment: bool, steps_per_epoch: int,
     logits = apply_children(net, params, marcs_M, x)
     return jnp.sum((jnp.argmax(logits, -1) == y) & valid_B, axis=-1)
 
-  split = correct
-  if len(devices) > 1:
-    c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
-    mesh = trainer.children_mesh(devices)
-    grads = jax.shard_map(grads, mesh=mesh, in_specs=(r, c, c, c), out_specs=(r, r),
-                          check_vma=False)
-    split = jax.shard_map(  # every device (and process) gets every child's count
-        lambda *a: jax.lax.all_gather(correct(*a), "children", tiled=True), mesh=mesh,
-        in_specs=(r, c, r, r, r), out_specs=r, check_vma=False)
+  grads = trainer.on_devices(grads, devices, "rccc", "rr")
+  # every device (and process) gets every child's count
+  split = trainer.on_devices(correct, devices, "rcrrr", "r", gather=True)
 
   def train_step(params, opt_state, marcs_N, images, labels, idx_B, key, step):
     x, y = images[idx_B], labels[idx_B]

@@ -116,26 +116,18 @@ def programs(space: rnn_cell.RNNCellSpace, cfg: lm.LMConfig, vocab_size: int,
       nll_n = _nll_sums(logits, y_n) / y_n[0].size
       return nll_n.mean(), (new_carry, nll_n)
     (loss, (new_carry, nll_n)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    if several:
+    if several:   # the mean over devices; every device (and process) gets every cell's part
       loss, g = jax.lax.pmean((loss, g), "children")
+      new_carry, nll_n = (jax.tree.map(lambda a: jax.lax.all_gather(a, "children", tiled=True), t)
+                          for t in (new_carry, nll_n))
     return loss, g, new_carry, nll_n
 
   def eval_children(params, ops_MxO, carry_M, inputs, targets):
     logits, carry = apply_children(params, ops_MxO, carry_M, inputs, lm_cell, cfg)
     return carry, _nll_sums(logits, targets)
 
-  split_eval = eval_children
-  if several:
-    c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
-    mesh = trainer.children_mesh(devices)
-    gather = lambda tree: jax.tree.map(  # every device (and process) gets every cell's part
-        lambda a: jax.lax.all_gather(a, "children", tiled=True), tree)
-    local_grads = grads
-    grads = jax.shard_map(lambda *a: (lambda l, g, cy, n: (l, g, *gather((cy, n))))(
-        *local_grads(*a)), mesh=mesh, in_specs=(r, c, c, c, c) + ((c,) if use_dropout else ()),
-        out_specs=(r, r, r, r), check_vma=False)
-    split_eval = jax.shard_map(lambda *a: gather(eval_children(*a)), mesh=mesh,
-                               in_specs=(r, c, c, r, r), out_specs=(r, r), check_vma=False)
+  grads = trainer.on_devices(grads, devices, "rcccc" + ("c" if use_dropout else ""), "rrrr")
+  split_eval = trainer.on_devices(eval_children, devices, "rccrr", "rr", gather=True)
 
   def train_step(params, opt_state, carry_N, ops_NxO, inputs, targets, key, step):
     n = ops_NxO.shape[0]

@@ -140,12 +140,29 @@ def children_map(fn: Callable, in_axes: tuple, devices: Sequence = ()) -> Callab
   communication: children share nothing but the replicated arguments, those of axis None); m
   must be a multiple of ``len(devices)``. Every output has the children axis.
   """
-  mapped = jax.vmap(fn, in_axes=in_axes)
+  return on_devices(jax.vmap(fn, in_axes=in_axes), devices,
+                    "".join("r" if a is None else "c" for a in in_axes), "c")
+
+
+def on_devices(fn: Callable, devices: Sequence, in_specs: str, out_specs: str,
+               gather: bool = False) -> Callable:
+  """``fn`` as ``jax.shard_map`` over the children mesh of ``devices`` (one device: ``fn``).
+
+  One letter per argument in ``in_specs`` and per output in ``out_specs``: ``c`` split on the
+  children axis, ``r`` replicated. With ``gather`` each device's outputs are ``all_gather``-ed
+  along the children axis first, so every device (and process) holds all of them (``r``).
+  """
   if len(devices) <= 1:
-    return mapped
-  c, r = jax.sharding.PartitionSpec("children"), jax.sharding.PartitionSpec()
-  return jax.shard_map(mapped, mesh=children_mesh(devices), out_specs=c, check_vma=False,
-                       in_specs=tuple(r if a is None else c for a in in_axes))
+    return fn
+  spec = {"c": jax.sharding.PartitionSpec("children"), "r": jax.sharding.PartitionSpec()}
+  body = fn
+  if gather:
+    body = lambda *a: jax.tree.map(lambda x: jax.lax.all_gather(x, "children", tiled=True),
+                                   fn(*a))
+  outs = tuple(spec[ch] for ch in out_specs)
+  return jax.shard_map(body, mesh=children_mesh(devices), in_specs=tuple(spec[ch] for ch in
+                                                                         in_specs),
+                       out_specs=outs if len(outs) > 1 else outs[0], check_vma=False)
 
 
 class Programs(NamedTuple):
