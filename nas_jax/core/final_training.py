@@ -9,6 +9,7 @@ after any epoch and rerun ends with the numbers of an uninterrupted one. FLOPs a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable
@@ -110,8 +111,9 @@ def train_child(model, dataset: data_lib.Dataset, cfg: child_lib.TrainConfig, ke
       meta = {"val_accuracies": meta["val_accuracies"] + [acc],
               "train_losses": meta["train_losses"] + [loss],
               "seconds": meta["seconds"] + time.time() - t_epoch}
-      manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  meta=ocp.args.JsonSave(meta)))
+      with interrupt.writing() if interrupt is not None else contextlib.nullcontext():
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)))
       if writer:
         writer.write_step(epoch - 1, {"train/loss": loss, "val/accuracy": acc,
                                       "train/learning_rate": lr})

@@ -132,9 +132,10 @@ def run(cfg, workdir: str, *, log_fn: Callable[[str], None] | None = None) -> di
         logging.info("resumed after epoch %d/%d", start.epoch, lm_cfg.epochs)
 
       def save(p: lm.Progress) -> None:
-        manager.save(p.epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(p.state),
-            meta=ocp.args.JsonSave({"step": p.step, "history": p.history})))
+        with interrupt.writing():
+          manager.save(p.epoch, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(p.state),
+              meta=ocp.args.JsonSave({"step": p.step, "history": p.history})))
         interrupt.check()   # Ctrl-C stops here, the epoch saved
 
       logging.info("cell %s | %s | vocab %d | train tokens %d", cfg.cell, cell_desc,

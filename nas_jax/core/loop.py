@@ -7,6 +7,7 @@ Neither loop imports the other; both import this module.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
@@ -74,17 +75,28 @@ class Interrupt:
     self.until = until
 
   def __enter__(self):
-    self.requested, self._previous = False, None
+    self.requested, self._previous, self._writing = False, None, 0
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGINT, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    if self.requested:
+    if self.requested and not self._writing:
       raise KeyboardInterrupt
+    if not self.requested:
+      logging.warning("interrupted: stopping once %s (Ctrl-C again to stop at once)", self.until)
     self.requested = True
-    logging.warning("interrupted: stopping once %s (Ctrl-C again to stop at once)", self.until)
+
+  @contextlib.contextmanager
+  def writing(self):
+    """A checkpoint or row being written: a second Ctrl-C waits for its end (the next
+    :meth:`check`), as a half-written checkpoint would leave orbax's threads reporting it."""
+    self._writing += 1
+    try:
+      yield
+    finally:
+      self._writing -= 1
 
   def check(self) -> None:
     if self.requested:

@@ -102,7 +102,8 @@ def _run(config, workdir, cluster, space, searcher, evaluator, dataset, show):
           "entropy": float(info["entropy"]), **metrics,
           "controller_seconds": round(t_controller, 4), "children_seconds": round(t_children, 4),
           "seconds": round(time.time() - t_step, 4)}
-      wd.end_step(step, state, step_row, step_rows, kept, metric, rate * 60 if rate else None)
+      with interrupt.writing():
+        wd.end_step(step, state, step_row, step_rows, kept, metric, rate * 60 if rate else None)
       loop.stop_if_all_raised(kept)
       loop.stop_if_most_raised(step_rows)
       interrupt.check()

@@ -125,8 +125,9 @@ def _run(config, workdir, cluster, space, searcher, executor_class, dataset, rew
       done += step_row["children"]
       rate = done / max(time.time() - t_run, 1e-9) * 3600
       step_row["seconds"] = round(time.time() - t0, 4)
-      wd.end_step(phase, state if cluster.count == 1 else jax.tree.map(np.asarray, state),
-                  step_row, step_rows, kept, metric, rate)  # several: process 0's replica
+      with interrupt.writing():   # several processes: process 0's replica is saved
+        wd.end_step(phase, state if cluster.count == 1 else jax.tree.map(np.asarray, state),
+                    step_row, step_rows, kept, metric, rate)
       interrupt.check()
       loop.log(phase, step_row, kept, time.time() - t_run, phase - start + 1)
     wd.finish(kept, sh.epochs + 1)
